@@ -1,0 +1,422 @@
+#!/usr/bin/env bash
+# scripts/kafka.sh — start and stop a real single-node Apache Kafka 4.x broker (KRaft mode,
+# one JVM that is both broker and controller) for tests and demos.
+#
+# Why: the tests that claim Kafka behaviour must run against a real broker, and these machines
+# have no Docker and no internet except Maven Central. So the broker's own jars are resolved once
+# by their Maven coordinates into .cache/kafka/<version>/libs (git-ignored) and the broker runs as
+# a plain Java process on free 127.0.0.1 ports, with its data in a fresh temporary folder.
+#
+# Usage:
+#   eval "$(scripts/kafka.sh start [DIR])"   # prints one line:
+#                                            #   export KAFKA_BOOTSTRAP=127.0.0.1:PORT KAFKA_RUN_DIR=DIR
+#   scripts/kafka.sh stop [DIR]              # DIR defaults to $KAFKA_RUN_DIR; kills the broker, removes DIR
+#   scripts/kafka.sh run -- CMD [ARGS...]    # start, run CMD with KAFKA_BOOTSTRAP set, always stop;
+#                                            # exits with CMD's status (what CI uses)
+#
+# Only the `export` line goes to stdout; all progress goes to stderr. DIR/env holds
+# KAFKA_BOOTSTRAP and KAFKA_RUN_DIR; DIR/kafka.log is the broker's log, DIR/kafka.pid its pid.
+#
+# Environment knobs: KAFKA_VERSION (default 4.1.1), KAFKA_START_TIMEOUT (seconds, default 90),
+# KAFKA_HEAP_OPTS (default "-Xmx512m -Xms256m").
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+KAFKA_VERSION=${KAFKA_VERSION:-4.1.1}
+CACHE_DIR=$ROOT/.cache/kafka/$KAFKA_VERSION
+LIBS_DIR=$CACHE_DIR/libs
+MARKER=$LIBS_DIR/.complete
+# log4j2 version of the SLF4J binding added next to the broker (2.24.3 is what Kafka 4.1 ships).
+LOG4J_VERSION=${KAFKA_LOG4J_VERSION:-2.24.3}
+START_TIMEOUT=${KAFKA_START_TIMEOUT:-90}
+HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xmx512m -Xms256m}
+# Kafka's own defaults (kafka-run-class.sh), with GC threads sized for a 2-core machine.
+GC_OPTS="-XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35
+ -XX:+ExplicitGCInvokesConcurrent -XX:ParallelGCThreads=2 -XX:ConcGCThreads=1
+ -XX:MaxInlineLevel=15 -Djava.awt.headless=true"
+# Short-lived tool JVMs (storage format): start fast, stay small.
+TOOL_OPTS="-Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true"
+
+RUN_DIR=""        # the run folder of the broker this process started or stops
+OWN_RUN_DIR=0     # 1 when this process created RUN_DIR (mktemp), so it may remove it on failure
+KAFKA_BOOTSTRAP=""
+
+log() { printf 'kafka.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+usage() {
+  cat >&2 <<'EOF'
+usage: eval "$(scripts/kafka.sh start [DIR])"
+       scripts/kafka.sh stop [DIR]            (DIR defaults to $KAFKA_RUN_DIR)
+       scripts/kafka.sh run -- CMD [ARGS...]
+EOF
+  exit 2
+}
+
+# --- 1. resolve the broker's jars once --------------------------------------------------------
+
+resolve_libs() {
+  [[ -f $MARKER ]] && return 0
+  command -v mvn >/dev/null || die "mvn not found; it is needed once to resolve Kafka's jars"
+  mkdir -p "$CACHE_DIR"
+  # Serialize concurrent first runs; fd 9 is closed again before the broker is launched.
+  exec 9>"$CACHE_DIR/.lock"
+  flock 9
+  if [[ ! -f $MARKER ]]; then
+    log "resolving org.apache.kafka:kafka_2.13:$KAFKA_VERSION and its runtime dependencies (once)"
+    cat >"$CACHE_DIR/pom.xml" <<EOF
+<?xml version="1.0" encoding="UTF-8"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.kafka-sh</groupId>
+  <artifactId>kafka-broker-libs</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_2.13</artifactId>
+      <version>$KAFKA_VERSION</version>
+    </dependency>
+    <!-- The broker logs through SLF4J 1.7; its pom brings no binding (the distribution's tarball
+         adds one), so without this the broker logs nothing at all. -->
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j-impl</artifactId>
+      <version>$LOG4J_VERSION</version>
+      <scope>runtime</scope>
+    </dependency>
+  </dependencies>
+  <build>
+    <plugins>
+      <plugin>
+        <groupId>org.apache.maven.plugins</groupId>
+        <artifactId>maven-dependency-plugin</artifactId>
+        <version>3.8.1</version>
+      </plugin>
+    </plugins>
+  </build>
+</project>
+EOF
+    rm -rf "$CACHE_DIR/libs.tmp"
+    # (Debian's mvn prints bare ANSI resets even with -q -B; strip them.)
+    if ! mvn -q -B -Dstyle.color=never -f "$CACHE_DIR/pom.xml" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$CACHE_DIR/libs.tmp" </dev/null 2>&1 \
+        | sed -e 's/\x1b\[[0-9;]*m//g' -e '/^[[:space:]]*$/d' >&2; then
+      die "Maven could not resolve org.apache.kafka:kafka_2.13:$KAFKA_VERSION (is Maven Central reachable?)"
+    fi
+    [[ -f $CACHE_DIR/libs.tmp/kafka_2.13-$KAFKA_VERSION.jar ]] \
+      || die "resolution finished but kafka_2.13-$KAFKA_VERSION.jar is missing"
+    [[ -f $CACHE_DIR/libs.tmp/log4j-slf4j-impl-$LOG4J_VERSION.jar ]] \
+      || die "resolution finished but log4j-slf4j-impl-$LOG4J_VERSION.jar is missing"
+    touch "$CACHE_DIR/libs.tmp/.complete"
+    rm -rf "$LIBS_DIR"
+    mv "$CACHE_DIR/libs.tmp" "$LIBS_DIR"
+    log "cached $(find "$LIBS_DIR" -name '*.jar' | wc -l) jars in ${LIBS_DIR#"$ROOT"/}"
+  fi
+  exec 9>&-
+}
+
+# --- helpers ----------------------------------------------------------------------------------
+
+# Two distinct free loopback ports (both sockets held open while choosing).
+free_ports() {
+  python3 - <<'PY'
+import socket
+socks = []
+for _ in range(2):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks:
+    s.close()
+PY
+}
+
+# A cluster id as Kafka makes them: 16 random bytes, base64url without padding, not starting '-'.
+cluster_id() {
+  python3 - <<'PY'
+import base64, uuid
+while True:
+    u = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not u.startswith("-"):
+        print(u)
+        break
+PY
+}
+
+# Exit 0 when the broker on 127.0.0.1:$1 answers a Metadata request (v4; Kafka 4 dropped v0-v3)
+# listing at least one broker and a known controller. This is sent to the PLAINTEXT listener,
+# which the broker only opens for requests once its startup has completed.
+metadata_ok() {
+  python3 - "$1" <<'PY'
+import socket, struct, sys
+port = int(sys.argv[1])
+client = b"kafka.sh"
+# header v1: api_key=3 (Metadata), api_version=4, correlation_id, client_id
+# body v4: topics = [] (none; brokers and controller still come back), allow_auto_topic_creation=false
+req = struct.pack(">hhih", 3, 4, 7, len(client)) + client + struct.pack(">ib", 0, 0)
+try:
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.settimeout(3)
+        s.sendall(struct.pack(">i", len(req)) + req)
+        def read(n):
+            buf = b""
+            while len(buf) < n:
+                chunk = s.recv(n - len(buf))
+                if not chunk:
+                    raise EOFError
+                buf += chunk
+            return buf
+        size, = struct.unpack(">i", read(4))
+        body = read(size)
+except (OSError, EOFError):
+    sys.exit(1)
+off = 0
+def i32():
+    global off
+    v, = struct.unpack_from(">i", body, off); off += 4; return v
+def i16():
+    global off
+    v, = struct.unpack_from(">h", body, off); off += 2; return v
+def string():
+    global off
+    n = i16()
+    if n < 0:
+        return None
+    v = body[off:off + n].decode(); off += n; return v
+try:
+    if i32() != 7:           # correlation id
+        sys.exit(1)
+    i32()                    # throttle_time_ms
+    brokers = i32()
+    for _ in range(max(brokers, 0)):
+        i32(); string(); i32(); string()   # node_id, host, port, rack
+    string()                 # cluster_id
+    controller = i32()
+except struct.error:
+    sys.exit(1)
+sys.exit(0 if brokers >= 1 and controller >= 0 else 1)
+PY
+}
+
+# Is $1 a live (not zombie) process?
+alive() {
+  local pid=$1 state
+  kill -0 "$pid" 2>/dev/null || return 1
+  state=$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$pid/stat" 2>/dev/null) || return 1
+  [[ $state != Z ]]
+}
+
+# Stop the broker whose pid is in $1/kafka.pid: TERM, wait up to 15 s, then KILL.
+kill_broker() {
+  local dir=$1 pid cmdline i
+  [[ -f $dir/kafka.pid ]] || return 0
+  pid=$(<"$dir/kafka.pid")
+  [[ $pid =~ ^[0-9]+$ ]] || { log "ignoring malformed pid file $dir/kafka.pid"; return 0; }
+  if ! alive "$pid"; then
+    wait "$pid" 2>/dev/null || true
+    return 0
+  fi
+  # Only signal the process if it is really the broker started for this folder (pids get reused).
+  cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)
+  if [[ $cmdline != *kafka.Kafka*"$dir/server.properties"* ]]; then
+    log "pid $pid is not the broker of $dir; not signalling it"
+    return 0
+  fi
+  log "stopping broker (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 150; i++)); do
+    alive "$pid" || break
+    sleep 0.1
+  done
+  if alive "$pid"; then
+    log "broker did not stop within 15 s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+      alive "$pid" || break
+      sleep 0.1
+    done
+  fi
+  wait "$pid" 2>/dev/null || true   # reap it when it is our own child (run mode)
+}
+
+# --- 2.-4. write config, format, start, wait --------------------------------------------------
+
+# Cleanup if `start` fails part-way: stop what was started; remove the folder if we made it.
+on_start_exit() {
+  local rc=$?
+  if ((rc != 0)) && [[ -n $RUN_DIR ]]; then
+    kill_broker "$RUN_DIR"
+    if ((OWN_RUN_DIR)); then rm -rf "$RUN_DIR"; fi
+  fi
+  exit "$rc"
+}
+
+start_broker() {
+  local dir=${1:-} ports broker_port controller_port cid pid deadline
+  command -v java >/dev/null || die "java not found (Kafka 4.x needs Java 17+)"
+  command -v python3 >/dev/null || die "python3 not found"
+  resolve_libs
+
+  if [[ -z $dir ]]; then
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/kafka-run.XXXXXX")
+    OWN_RUN_DIR=1
+  else
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    [[ -z $(ls -A "$dir") ]] || die "run folder $dir is not empty"
+  fi
+  RUN_DIR=$dir
+  trap on_start_exit EXIT
+
+  ports=$(free_ports)
+  read -r broker_port controller_port <<<"$ports"
+  KAFKA_BOOTSTRAP=127.0.0.1:$broker_port
+
+  cat >"$dir/server.properties" <<EOF
+# Single-node KRaft broker+controller written by scripts/kafka.sh
+process.roles=broker,controller
+node.id=1
+listeners=PLAINTEXT://127.0.0.1:$broker_port,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$broker_port
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+controller.quorum.bootstrap.servers=127.0.0.1:$controller_port
+log.dirs=$dir/data
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+auto.create.topics.enable=true
+group.initial.rebalance.delay.ms=0
+# Every internal topic: replication factor 1 (one node). Few partitions: fast first group/txn use.
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# Small footprint for a shared 2-core machine.
+num.network.threads=2
+num.io.threads=2
+num.recovery.threads.per.data.dir=1
+log.cleaner.threads=1
+log.cleaner.dedupe.buffer.size=16777216
+EOF
+
+  cat >"$dir/log4j2.properties" <<'EOF'
+# Broker logging for scripts/kafka.sh: to stdout (redirected to kafka.log), INFO, noisy parts at WARN.
+status = warn
+appender.out.type = Console
+appender.out.name = STDOUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = STDOUT
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.clients.name = org.apache.kafka.clients
+logger.clients.level = WARN
+logger.storage.name = org.apache.kafka.storage
+logger.storage.level = WARN
+logger.log.name = kafka.log
+logger.log.level = WARN
+logger.config.name = org.apache.kafka.common.config.AbstractConfig
+logger.config.level = WARN
+logger.utils.name = org.apache.kafka.common.utils.AppInfoParser
+logger.utils.level = WARN
+EOF
+
+  cid=$(cluster_id)
+  log "formatting storage in $dir (cluster id $cid)"
+  # shellcheck disable=SC2086 # option strings are split on purpose
+  if ! java $TOOL_OPTS -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$LIBS_DIR/*" \
+      kafka.tools.StorageTool format --standalone -t "$cid" -c "$dir/server.properties" \
+      >"$dir/format.log" 2>&1; then
+    tail -n 50 "$dir/format.log" >&2
+    die "formatting the storage failed"
+  fi
+
+  log "starting Kafka $KAFKA_VERSION on $KAFKA_BOOTSTRAP (controller 127.0.0.1:$controller_port)"
+  # shellcheck disable=SC2086 # option strings are split on purpose
+  nohup java -server $HEAP_OPTS $GC_OPTS \
+    -Dlog4j2.configurationFile="$dir/log4j2.properties" \
+    -cp "$LIBS_DIR/*" kafka.Kafka "$dir/server.properties" \
+    </dev/null >"$dir/kafka.log" 2>&1 &
+  pid=$!
+  echo "$pid" >"$dir/kafka.pid"
+
+  deadline=$((SECONDS + START_TIMEOUT))
+  until metadata_ok "$broker_port"; do
+    if ! alive "$pid"; then
+      log "the broker exited during startup; last 50 lines of $dir/kafka.log:"
+      tail -n 50 "$dir/kafka.log" >&2
+      die "Kafka did not start"
+    fi
+    if ((SECONDS >= deadline)); then
+      log "no metadata answer within ${START_TIMEOUT}s; last 50 lines of $dir/kafka.log:"
+      tail -n 50 "$dir/kafka.log" >&2
+      die "Kafka did not start"
+    fi
+    sleep 0.25
+  done
+
+  printf 'KAFKA_BOOTSTRAP=%s\nKAFKA_RUN_DIR=%s\n' "$KAFKA_BOOTSTRAP" "$dir" >"$dir/env"
+  trap - EXIT
+  log "broker ready on $KAFKA_BOOTSTRAP (pid $pid, run dir $dir)"
+}
+
+# --- 5. stop ----------------------------------------------------------------------------------
+
+stop_broker() {
+  local dir=${1:-${KAFKA_RUN_DIR:-}}
+  [[ -n $dir ]] || die "stop: give the run folder or set KAFKA_RUN_DIR"
+  if [[ ! -d $dir ]]; then
+    log "stop: $dir does not exist; nothing to do"
+    return 0
+  fi
+  dir=$(cd "$dir" && pwd)
+  # Refuse to delete a folder this script did not set up.
+  [[ -f $dir/server.properties || -f $dir/kafka.pid ]] \
+    || die "stop: $dir does not look like a kafka.sh run folder; not removing it"
+  kill_broker "$dir"
+  rm -rf "$dir"
+  log "stopped; removed $dir"
+}
+
+cmd_run() {
+  [[ ${1:-} == -- ]] && shift
+  (($# > 0)) || usage
+  start_broker ""
+  trap 'rc=$?; trap - EXIT; stop_broker "$RUN_DIR"; exit "$rc"' EXIT
+  export KAFKA_BOOTSTRAP KAFKA_RUN_DIR=$RUN_DIR
+  local status=0
+  "$@" || status=$?
+  exit "$status"
+}
+
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+case ${1:-} in
+  start)
+    shift
+    start_broker "${1:-}"
+    # One line; KAFKA_RUN_DIR rides along so that a later `scripts/kafka.sh stop` finds the broker.
+    printf 'export KAFKA_BOOTSTRAP=%s KAFKA_RUN_DIR=%q\n' "$KAFKA_BOOTSTRAP" "$RUN_DIR"
+    ;;
+  stop)
+    shift
+    stop_broker "${1:-}"
+    ;;
+  run)
+    shift
+    cmd_run "$@"
+    ;;
+  *)
+    usage
+    ;;
+esac
