@@ -1,2 +1,41 @@
+//! permit-stats answers the OPS-COM "Permit Stats" request (`POST /api/{client}/v1/permits/stats`)
+//! from memory: a consumer replays the permit events of a Kafka topic into a projection of live
+//! permits per (client, zone, type), and an axum front serves the stats straight from it.
+//!
+//! # Layout
+//!
+//! Data flows one way: bytes from Kafka become domain events in [`events`], [`ingest`] applies
+//! them to the [`projection`], and [`api`] reads from the projection. Nothing reads back up.
+//!
+//! - [`config`]: the command line (clap), every flag also an environment variable.
+//! - [`events`]: the protobuf/JSON wire types from `proto/` and the validated domain event.
+//! - [`projection`]: the read model; pure and synchronous, no I/O.
+//! - [`ingest`]: the consumer thread: assignment from the beginning, readiness, bad records.
+//! - [`api`]: the router: stats request, errors, CORS, health, metrics.
+//! - [`auth`]: the token file and the token check.
+//! - [`telemetry`]: logs, the metrics recorder, scrape-time gauges.
+//! - [`embedded`]: the in-process broker for `serve` without `--brokers`.
+//! - [`produce`]: the deterministic workload generator.
+//! - [`app`]: wiring of `serve` and `token`, and shutdown.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod embedded;
 pub mod events;
+pub mod ingest;
+pub mod produce;
 pub mod projection;
+pub mod telemetry;
+
+use config::{Cli, Command};
+
+/// Runs one subcommand to completion.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => app::serve(args).await,
+        Command::Produce(args) => tokio::task::spawn_blocking(move || produce::run(args)).await?,
+        Command::Token(args) => app::token(&args),
+    }
+}

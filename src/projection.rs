@@ -99,6 +99,8 @@ pub struct Tally {
     pub applied: [u64; 3],
     /// Skipped events per reason.
     pub skipped: [u64; 3],
+    /// Newest event time among the applied events, in milliseconds since the Unix epoch.
+    pub newest_ms: Option<i64>,
 }
 
 impl Tally {
@@ -246,7 +248,11 @@ impl Projection {
         let mut tally = Tally::default();
         let mut writer = self.lock();
         for event in events {
-            tally.add(writer.apply(event));
+            let outcome = writer.apply(event);
+            tally.add(outcome);
+            if let (Outcome::Applied(_), Some(at)) = (outcome, event.occurred_at_ms) {
+                tally.newest_ms = Some(tally.newest_ms.map_or(at, |seen| seen.max(at)));
+            }
         }
         writer.publish(&self.views);
         tally

@@ -1,0 +1,227 @@
+//! The wiring of `permit-stats serve` and `permit-stats token`: what starts, in which order, and
+//! how it all stops.
+//!
+//! One cancellation token stops everything. SIGTERM or Ctrl-C: the listener stops accepting,
+//! in-flight requests get a bounded grace period, the ingest thread and the demo producer stop,
+//! and the process exits 0. An unexpected exit of the server or the ingest thread stops the
+//! process with an error.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, anyhow};
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::{
+    api::{self, AppState},
+    auth::{self, Tokens},
+    config::{ServeArgs, TokenArgs},
+    embedded::EmbeddedBroker,
+    ingest::{self, IngestConfig, IngestStatus},
+    produce,
+    projection::Projection,
+    telemetry,
+};
+
+/// The client code of the demo's permits and token.
+pub const DEMO_CLIENT: &str = "OC-TOMA";
+
+/// Runs the service until SIGTERM or Ctrl-C.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut tokens = match &args.tokens {
+        Some(path) => Tokens::load(path)?,
+        None => Tokens::default(),
+    };
+    let embedded = match &args.brokers {
+        Some(_) => None,
+        None => {
+            let broker = EmbeddedBroker::start(&args.topic, args.embedded_partitions)?;
+            info!(
+                bootstrap = broker.bootstrap_servers(),
+                topic = %args.topic,
+                "no --brokers given: started the embedded broker (librdkafka's mock cluster; \
+                 for a first look, not for production)"
+            );
+            Some(broker)
+        }
+    };
+    let brokers = match (&args.brokers, &embedded) {
+        (Some(brokers), _) => brokers.clone(),
+        (None, Some(broker)) => broker.bootstrap_servers().to_owned(),
+        (None, None) => unreachable!("the embedded broker starts when no brokers are given"),
+    };
+    let demo_token = args.demo.then(|| {
+        let token = auth::generate();
+        tokens.add(&token, DEMO_CLIENT, "demo");
+        token
+    });
+    info!(tokens = tokens.len(), "tokens loaded");
+
+    let cancel = CancellationToken::new();
+    let projection = Arc::new(Projection::new());
+    let status = Arc::new(IngestStatus::new());
+    let ingest = ingest::spawn(
+        IngestConfig {
+            brokers: brokers.clone(),
+            topic: args.topic.clone(),
+        },
+        Arc::clone(&projection),
+        Arc::clone(&status),
+        cancel.clone(),
+    )
+    .context("cannot start the ingest thread")?;
+    let mut ingest = tokio::task::spawn_blocking(move || {
+        ingest
+            .join()
+            .map_err(|_| anyhow!("the ingest thread panicked"))?
+    });
+
+    let demo_stop = Arc::new(AtomicBool::new(false));
+    let demo = if args.demo {
+        Some(spawn_demo(
+            &brokers,
+            &args.topic,
+            args.demo_rate,
+            &demo_stop,
+        )?)
+    } else {
+        None
+    };
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr().context("listener has no address")?;
+    info!(%addr, topic = %args.topic, "listening");
+    if let Some(token) = &demo_token {
+        print_demo_curl(addr, token);
+    }
+
+    let state = AppState {
+        projection,
+        tokens: Arc::new(ArcSwap::from_pointee(tokens)),
+        status,
+        metrics: telemetry::metrics(),
+    };
+    let server = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(cancel.clone().cancelled_owned())
+        .into_future();
+    let mut server = tokio::spawn(server);
+
+    let outcome = tokio::select! {
+        () = shutdown_signal() => {
+            info!("shutdown requested: draining");
+            Ok(())
+        }
+        result = &mut server => Err(anyhow!("the HTTP server stopped unexpectedly: {result:?}")),
+        result = &mut ingest => Err(anyhow!("the ingest thread stopped unexpectedly: {result:?}")),
+    };
+    cancel.cancel();
+    demo_stop.store(true, Ordering::Relaxed);
+
+    let grace = Duration::from_secs(args.shutdown_grace);
+    if !server.is_finished() && tokio::time::timeout(grace, &mut server).await.is_err() {
+        warn!(
+            grace_seconds = args.shutdown_grace,
+            "in-flight requests did not finish in time"
+        );
+        server.abort();
+    }
+    if !ingest.is_finished() && tokio::time::timeout(grace, &mut ingest).await.is_err() {
+        warn!("the ingest thread did not stop in time");
+    }
+    if let Some(demo) = demo {
+        let _ = tokio::task::spawn_blocking(move || demo.join()).await;
+    }
+    drop(embedded);
+    if let Err(e) = &outcome {
+        error!("{e:#}");
+    } else {
+        info!("stopped");
+    }
+    outcome
+}
+
+/// Streams the demo workload into the topic at `rate` events per second until stopped.
+fn spawn_demo(
+    brokers: &str,
+    topic: &str,
+    rate: f64,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<thread::JoinHandle<()>> {
+    let brokers = brokers.to_owned();
+    let topic = topic.to_owned();
+    let stop = Arc::clone(stop);
+    let workload = produce::Workload::new(produce::WorkloadSpec::demo(DEMO_CLIENT));
+    thread::Builder::new()
+        .name("demo-producer".into())
+        .spawn(move || {
+            info!(rate, "demo: streaming permit events");
+            if let Err(e) = produce::stream(&brokers, &topic, workload, rate, None, &stop) {
+                error!("demo producer stopped: {e:#}");
+            }
+        })
+        .context("cannot start the demo producer")
+}
+
+fn print_demo_curl(addr: SocketAddr, token: &str) {
+    let host = if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    println!(
+        "\nDemo ready. Ask for the permit stats of {DEMO_CLIENT} (paste this):\n\n\
+         curl -sS -X POST 'http://{host}/api/{DEMO_CLIENT}/v1/permits/stats' \\\n  \
+         -H 'Content-Type: application/json' -H 'Accept: application/json' \\\n  \
+         -d '{{\"apiToken\":\"{token}\",\"zones\":\"Lot 01,Lot 02\"}}'\n\n\
+         Every zone: drop \"zones\". Metrics: curl -sS http://{host}/metrics\n"
+    );
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                warn!("cannot listen for SIGTERM: {e}");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Prints a new token alone on the first line, then the token-file entry for it.
+pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    let token = auth::generate();
+    let entry = auth::entry_for(&token, &args.client, &args.name)
+        .context("cannot write the token-file entry")?;
+    println!("{token}");
+    println!();
+    println!(
+        "# add to the token file; the token itself is printed above, once, and stored nowhere"
+    );
+    print!("{entry}");
+    Ok(())
+}
