@@ -162,7 +162,9 @@ fn spawn_demo(
     let brokers = brokers.to_owned();
     let topic = topic.to_owned();
     let stop = Arc::clone(stop);
-    let workload = produce::Workload::new(produce::WorkloadSpec::demo(DEMO_CLIENT));
+    let mut spec = produce::WorkloadSpec::demo(DEMO_CLIENT);
+    spec.clock = produce::Clock::starting_now(rate);
+    let workload = produce::Workload::new(spec);
     thread::Builder::new()
         .name("demo-producer".into())
         .spawn(move || {

@@ -1,0 +1,757 @@
+//! Differential test of the projection against a deliberately simple model of the five rules in
+//! `spec/events.md` ("What the projection does with each event").
+//!
+//! The model is a `HashMap<(client, reference id), ModelPermit>` that follows the rules literally;
+//! the projection must agree with it on every event's outcome, on the counters, and on the exact
+//! response bodies, whatever the chunking of batches, replays and redeliveries.
+//!
+//! Cases: 512 per property; set `PROPTEST_CASES` to change that.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+};
+
+use permit_stats::{
+    events::{Change, PermitEvent},
+    projection::{Kind, Outcome, Projection, SkipReason, Tally},
+};
+use proptest::{prelude::*, sample::Index, test_runner::Config as ProptestConfig};
+
+// ---------------------------------------------------------------------------------------------
+// The universe: small, so that events of one permit collide often.
+// ---------------------------------------------------------------------------------------------
+
+const CLIENTS: [&str; 3] = ["OC-TOMA", "OC-UVIC", "oc-toma"];
+
+const IDS: [&str; 8] = [
+    "1a9b5375-cb75-4c71-9939-eeae550b09ac",
+    // The same UUID uppercased: a different reference id, not the same permit.
+    "1A9B5375-CB75-4C71-9939-EEAE550B09AC",
+    "0f8fad5b-d9cb-469f-a165-70867728950e",
+    // Mixed case: not canonical either.
+    "0f8fad5b-d9cb-469f-a165-70867728950E",
+    "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+    // The first UUID without hyphens: text, never the compacted UUID.
+    "1a9b5375cb754c719939eeae550b09ac",
+    "r-1",
+    "R-1",
+];
+
+/// One with a space, one differing from it only in case, one that needs JSON escaping, and one
+/// with a non-ASCII byte (sorted by bytes, after all the ASCII ones).
+const ZONES: [&str; 4] = ["Lot 1", "lot 1", "Lot \"2\"", "Zoné"];
+
+const TYPES: [&str; 3] = ["standard", "temp", "validator"];
+
+/// Names a zone filter may carry that no event ever uses.
+const UNKNOWN_ZONES: [&str; 2] = ["Lot 9", "LOT 1"];
+
+// ---------------------------------------------------------------------------------------------
+// The reference model.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ModelPermit {
+    live: bool,
+    zone: String,
+    permit_type: String,
+    /// 0 = no revision stored.
+    revision: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Model {
+    permits: HashMap<(String, String), ModelPermit>,
+}
+
+/// (zone, type, total), sorted by zone bytes then type bytes, zeros left out.
+type Rows = Vec<(String, String, u64)>;
+
+/// (zone, type, live permits) while counting.
+type Counter<'a> = (&'a str, &'a str, u64);
+
+impl Model {
+    fn apply(&mut self, event: &PermitEvent) -> Outcome {
+        let key = (event.client.clone(), event.reference_id.clone());
+        let stored = self.permits.get(&key).cloned();
+        let event_revision = event.revision.unwrap_or(0);
+
+        // Rule 5, checked first: both carry a revision and the event's is not greater.
+        if let Some(stored) = &stored
+            && stored.revision != 0
+            && event_revision != 0
+            && event_revision <= stored.revision
+        {
+            return Outcome::Skipped(SkipReason::StaleRevision);
+        }
+        let live = stored.clone().filter(|p| p.live);
+        // Rule 5: an applied event with a revision stores it, one without keeps the stored one.
+        let revision = if event_revision != 0 {
+            event_revision
+        } else {
+            stored.as_ref().map_or(0, |p| p.revision)
+        };
+
+        let (next, outcome) = match &event.change {
+            // Rule 1: live with exactly these fields, whatever it was.
+            Change::Created { zone, permit_type } => (
+                ModelPermit {
+                    live: true,
+                    zone: zone.clone(),
+                    permit_type: permit_type.clone(),
+                    revision,
+                },
+                Outcome::Applied(Kind::Created),
+            ),
+            Change::Updated { zone, permit_type } => match (live, zone, permit_type) {
+                // Rule 2: merge the present fields into the live permit.
+                (Some(current), zone, permit_type) => (
+                    ModelPermit {
+                        live: true,
+                        zone: zone.clone().unwrap_or(current.zone),
+                        permit_type: permit_type.clone().unwrap_or(current.permit_type),
+                        revision,
+                    },
+                    Outcome::Applied(Kind::Updated),
+                ),
+                // Rule 3: unknown or deleted, with both fields: applied as a create.
+                (None, Some(zone), Some(permit_type)) => (
+                    ModelPermit {
+                        live: true,
+                        zone: zone.clone(),
+                        permit_type: permit_type.clone(),
+                        revision,
+                    },
+                    Outcome::Applied(Kind::Updated),
+                ),
+                // Rule 3: otherwise an orphan update.
+                (None, _, _) => return Outcome::Skipped(SkipReason::OrphanUpdate),
+            },
+            Change::Deleted => match live {
+                // A delete of a live permit leaves a tombstone with the revision (rule 5).
+                Some(current) => (
+                    ModelPermit {
+                        live: false,
+                        revision,
+                        ..current
+                    },
+                    Outcome::Applied(Kind::Deleted),
+                ),
+                // Rule 4.
+                None => return Outcome::Skipped(SkipReason::OrphanDelete),
+            },
+        };
+        self.permits.insert(key, next);
+        outcome
+    }
+
+    /// Live permits per (zone, type) of one client, sorted by bytes, zeros left out.
+    fn rows(&self, client: &str) -> Rows {
+        // Keyed by bytes, so the order is the projection's; the names ride along.
+        let mut counts: BTreeMap<(&[u8], &[u8]), Counter<'_>> = BTreeMap::new();
+        for ((c, _), p) in &self.permits {
+            if c == client && p.live {
+                counts
+                    .entry((p.zone.as_bytes(), p.permit_type.as_bytes()))
+                    .or_insert((&p.zone, &p.permit_type, 0))
+                    .2 += 1;
+            }
+        }
+        counts
+            .into_values()
+            .map(|(z, t, n)| (z.to_owned(), t.to_owned(), n))
+            .collect()
+    }
+}
+
+/// The exact response body for these rows: the vendor's key order, the total as a string.
+fn expected_body(rows: &Rows) -> Vec<u8> {
+    let mut out = br#"{"data":["#.to_vec();
+    for (i, (zone, permit_type, total)) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"type":"#);
+        out.extend_from_slice(&serde_json::to_vec(permit_type).expect("a string serializes"));
+        out.extend_from_slice(br#","zone":"#);
+        out.extend_from_slice(&serde_json::to_vec(zone).expect("a string serializes"));
+        out.extend_from_slice(format!(r#","total":"{total}"}}"#).as_bytes());
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// Parses a body as `{"data":[{"type","zone","total"}]}` with exactly those keys.
+fn parse_body(body: &[u8]) -> Rows {
+    let value: serde_json::Value = serde_json::from_slice(body).expect("the body is JSON");
+    let object = value.as_object().expect("the body is an object");
+    assert_eq!(object.len(), 1, "only `data` in {value}");
+    object["data"]
+        .as_array()
+        .expect("`data` is an array")
+        .iter()
+        .map(|row| {
+            let row = row.as_object().expect("a row is an object");
+            assert_eq!(row.len(), 3, "a row has exactly type, zone, total: {row:?}");
+            let text = |k: &str| {
+                row[k]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("`{k}` is a string in {row:?}"))
+                    .to_owned()
+            };
+            let total = text("total")
+                .parse::<u64>()
+                .expect("`total` is a decimal string");
+            (text("zone"), text("type"), total)
+        })
+        .collect()
+}
+
+/// Bodies compared as text, so that a mismatch prints readably.
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn query_rows(p: &Projection, client: &str, zones: Option<&[&str]>) -> Rows {
+    p.query(client, zones)
+        .into_iter()
+        .map(|r| (r.zone.to_string(), r.permit_type.to_string(), r.total))
+        .collect()
+}
+
+/// The body a client would get, or `None` when the projection has no view of it.
+fn body(p: &Projection, client: &str, zones: Option<&[&str]>) -> Option<Vec<u8>> {
+    p.view(client).map(|v| v.body(zones).to_vec())
+}
+
+fn tally_of(outcomes: impl IntoIterator<Item = Outcome>) -> Tally {
+    let mut tally = Tally::default();
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Applied(kind) => {
+                tally.applied[Kind::ALL.iter().position(|k| *k == kind).expect("listed")] += 1;
+            }
+            Outcome::Skipped(reason) => {
+                tally.skipped[SkipReason::ALL
+                    .iter()
+                    .position(|r| *r == reason)
+                    .expect("listed")] += 1;
+            }
+        }
+    }
+    tally
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generated streams, with a compact Debug so that a failing stream reads like a log.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpChange {
+    Create {
+        zone: usize,
+        ty: usize,
+    },
+    Update {
+        zone: Option<usize>,
+        ty: Option<usize>,
+    },
+    Delete,
+}
+
+#[derive(Clone, Copy)]
+struct Op {
+    client: usize,
+    id: usize,
+    revision: Option<u64>,
+    change: OpChange,
+    /// Index of the earlier event this one repeats (a redelivery), for the reader only.
+    dup_of: Option<usize>,
+}
+
+impl Op {
+    fn event(&self) -> PermitEvent {
+        let change = match self.change {
+            OpChange::Create { zone, ty } => Change::Created {
+                zone: ZONES[zone].into(),
+                permit_type: TYPES[ty].into(),
+            },
+            OpChange::Update { zone, ty } => Change::Updated {
+                zone: zone.map(|z| ZONES[z].into()),
+                permit_type: ty.map(|t| TYPES[t].into()),
+            },
+            OpChange::Delete => Change::Deleted,
+        };
+        PermitEvent {
+            client: CLIENTS[self.client].into(),
+            reference_id: IDS[self.id].into(),
+            revision: self.revision,
+            occurred_at_ms: None,
+            change,
+        }
+    }
+}
+
+impl fmt::Debug for Op {
+    /// `C1 r3 rev=Some(4) update(zone=Lot 2)`: clients and ids by their index in the tables.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "C{} r{} rev={:?} ", self.client, self.id, self.revision)?;
+        match self.change {
+            OpChange::Create { zone, ty } => {
+                write!(f, "create(zone={}, type={})", ZONES[zone], TYPES[ty])?;
+            }
+            OpChange::Update { zone, ty } => {
+                let mut fields = Vec::new();
+                if let Some(z) = zone {
+                    fields.push(format!("zone={}", ZONES[z]));
+                }
+                if let Some(t) = ty {
+                    fields.push(format!("type={}", TYPES[t]));
+                }
+                write!(f, "update({})", fields.join(", "))?;
+            }
+            OpChange::Delete => f.write_str("delete")?,
+        }
+        if let Some(i) = self.dup_of {
+            write!(f, " [dup of #{i}]")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct Stream(Vec<Op>);
+
+impl Stream {
+    fn events(&self) -> Vec<PermitEvent> {
+        self.0.iter().map(Op::event).collect()
+    }
+}
+
+impl fmt::Debug for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} events:", self.0.len())?;
+        for (i, op) in self.0.iter().enumerate() {
+            writeln!(f, "  #{i:<3} {op:?}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum RevisionGen {
+    None,
+    /// Any of 1..=10: in order, out of order, or equal to an earlier one.
+    Fixed(u64),
+    /// One more than the highest revision generated so far for this permit: an in-order stream.
+    Next,
+}
+
+#[derive(Debug, Clone)]
+struct RawStep {
+    client: usize,
+    id: usize,
+    revision: RevisionGen,
+    change: OpChange,
+    repeat: Option<Index>,
+}
+
+fn change_strategy() -> impl Strategy<Value = OpChange> {
+    prop_oneof![
+        4 => (0..ZONES.len(), 0..TYPES.len()).prop_map(|(zone, ty)| OpChange::Create { zone, ty }),
+        4 => (
+            proptest::option::of(0..ZONES.len()),
+            proptest::option::of(0..TYPES.len()),
+        )
+            .prop_map(|(zone, ty)| OpChange::Update { zone, ty }),
+        2 => Just(OpChange::Delete),
+    ]
+}
+
+fn revision_strategy() -> impl Strategy<Value = RevisionGen> {
+    prop_oneof![
+        3 => Just(RevisionGen::None),
+        4 => (1u64..=10).prop_map(RevisionGen::Fixed),
+        3 => Just(RevisionGen::Next),
+    ]
+}
+
+fn step_strategy() -> impl Strategy<Value = RawStep> {
+    (
+        0..CLIENTS.len(),
+        0..IDS.len(),
+        revision_strategy(),
+        change_strategy(),
+        proptest::option::weighted(0.1, any::<Index>()),
+    )
+        .prop_map(|(client, id, revision, change, repeat)| RawStep {
+            client,
+            id,
+            revision,
+            change,
+            repeat,
+        })
+}
+
+fn resolve(steps: Vec<RawStep>) -> Stream {
+    let mut highest: HashMap<(usize, usize), u64> = HashMap::new();
+    let mut ops: Vec<Op> = Vec::with_capacity(steps.len());
+    for step in steps {
+        let op = match step.repeat {
+            Some(index) if !ops.is_empty() => {
+                let i = index.index(ops.len());
+                Op {
+                    dup_of: Some(ops[i].dup_of.unwrap_or(i)),
+                    ..ops[i]
+                }
+            }
+            _ => {
+                let top = highest.entry((step.client, step.id)).or_default();
+                let revision = match step.revision {
+                    RevisionGen::None => None,
+                    RevisionGen::Fixed(r) => Some(r),
+                    RevisionGen::Next => Some(*top + 1),
+                };
+                *top = (*top).max(revision.unwrap_or(0));
+                Op {
+                    client: step.client,
+                    id: step.id,
+                    revision,
+                    change: step.change,
+                    dup_of: None,
+                }
+            }
+        };
+        ops.push(op);
+    }
+    Stream(ops)
+}
+
+fn stream_strategy() -> impl Strategy<Value = Stream> {
+    proptest::collection::vec(step_strategy(), 0..=300).prop_map(resolve)
+}
+
+/// A zone filter: indexes into `ZONES` then `UNKNOWN_ZONES`; duplicates and the empty list allowed.
+fn filter_strategy() -> impl Strategy<Value = Vec<usize>> {
+    proptest::collection::vec(0..ZONES.len() + UNKNOWN_ZONES.len(), 0..=6)
+}
+
+fn filter_names(filter: &[usize]) -> Vec<&'static str> {
+    filter
+        .iter()
+        .map(|&i| match ZONES.get(i) {
+            Some(zone) => *zone,
+            None => UNKNOWN_ZONES[i - ZONES.len()],
+        })
+        .collect()
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        // An explicit `cases` would override proptest's own reading of PROPTEST_CASES.
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(512),
+        // Write no regression files into the source tree; a failure prints the whole stream.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Applies one at a time, checking every outcome against the model (property 1).
+fn apply_checked(
+    p: &Projection,
+    model: &mut Model,
+    stream: &Stream,
+    events: &[PermitEvent],
+) -> Result<(), TestCaseError> {
+    for (i, (op, event)) in stream.0.iter().zip(events).enumerate() {
+        let expected = model.apply(event);
+        let actual = p.apply(event);
+        prop_assert_eq!(actual, expected, "event #{} {:?}", i, op);
+    }
+    Ok(())
+}
+
+/// Every client's counters and body agree with the model.
+fn check_against_model(p: &Projection, model: &Model) -> Result<(), TestCaseError> {
+    for client in CLIENTS {
+        let rows = model.rows(client);
+        prop_assert_eq!(&query_rows(p, client, None), &rows, "client {}", client);
+        match body(p, client, None) {
+            Some(body) => {
+                prop_assert_eq!(&parse_body(&body), &rows, "client {}", client);
+                prop_assert_eq!(
+                    text(&body),
+                    text(&expected_body(&rows)),
+                    "client {}",
+                    client
+                );
+            }
+            None => prop_assert!(rows.is_empty(), "client {} has no view", client),
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Properties 1 and 2: every outcome, then every client's counters, match the model.
+    #[test]
+    fn outcomes_and_counts_match_the_model(stream in stream_strategy()) {
+        let events = stream.events();
+        let p = Projection::new();
+        let mut model = Model::default();
+        apply_checked(&p, &mut model, &stream, &events)?;
+        check_against_model(&p, &model)?;
+    }
+
+    /// Property 3: batches of any sizes publish the bodies one-at-a-time apply does, and their
+    /// tallies add up to the model's outcomes.
+    #[test]
+    fn batches_in_any_chunking_publish_the_same_bodies(
+        stream in stream_strategy(),
+        sizes in proptest::collection::vec(1usize..=40, 1..=16),
+    ) {
+        let events = stream.events();
+        let single = Projection::new();
+        let mut model = Model::default();
+        apply_checked(&single, &mut model, &stream, &events)?;
+
+        let batched = Projection::new();
+        let mut total = Tally::default();
+        let mut rest = &events[..];
+        for &size in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (chunk, tail) = rest.split_at(size.min(rest.len()));
+            let tally = batched.apply_batch(chunk);
+            for i in 0..3 {
+                total.applied[i] += tally.applied[i];
+                total.skipped[i] += tally.skipped[i];
+            }
+            rest = tail;
+        }
+        let mut replay = Model::default();
+        prop_assert_eq!(total, tally_of(events.iter().map(|e| replay.apply(e))));
+
+        for client in CLIENTS {
+            prop_assert_eq!(
+                body(&batched, client, None),
+                body(&single, client, None),
+                "client {}",
+                client
+            );
+        }
+        check_against_model(&batched, &model)?;
+    }
+
+    /// Property 4: two fresh replays agree byte for byte, and a redelivery of the whole stream
+    /// on top of the same projection matches the model applied twice.
+    #[test]
+    fn replays_are_deterministic_and_redelivery_matches_the_model(stream in stream_strategy()) {
+        let events = stream.events();
+        let first = Projection::new();
+        let second = Projection::new();
+        for event in &events {
+            first.apply(event);
+        }
+        second.apply_batch(&events);
+        for client in CLIENTS {
+            prop_assert_eq!(
+                body(&first, client, None),
+                body(&second, client, None),
+                "client {}",
+                client
+            );
+        }
+
+        let p = Projection::new();
+        let mut model = Model::default();
+        apply_checked(&p, &mut model, &stream, &events)?;
+        apply_checked(&p, &mut model, &stream, &events)?;
+        check_against_model(&p, &model)?;
+    }
+
+    /// Property 5: a zone filter (unknown names and duplicates included) gives the model's rows
+    /// of those zones, sorted, as the exact body.
+    #[test]
+    fn zone_filters_match_the_model(
+        stream in stream_strategy(),
+        filters in proptest::collection::vec(filter_strategy(), CLIENTS.len()),
+    ) {
+        let events = stream.events();
+        let p = Projection::new();
+        let mut model = Model::default();
+        for event in &events {
+            model.apply(event);
+        }
+        p.apply_batch(&events);
+        for (client, filter) in CLIENTS.into_iter().zip(&filters) {
+            let names = filter_names(filter);
+            let rows: Rows = model
+                .rows(client)
+                .into_iter()
+                .filter(|(zone, _, _)| names.contains(&zone.as_str()))
+                .collect();
+            prop_assert_eq!(&query_rows(&p, client, Some(&names)), &rows, "client {}", client);
+            match body(&p, client, Some(&names)) {
+                Some(body) => {
+                    prop_assert_eq!(&parse_body(&body), &rows, "client {} zones {:?}", client, names);
+                    prop_assert_eq!(
+                        text(&body),
+                        text(&expected_body(&rows)),
+                        "client {} zones {:?}",
+                        client,
+                        names
+                    );
+                }
+                None => prop_assert!(rows.is_empty(), "client {} has no view", client),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A concrete example that walks through every rule.
+// ---------------------------------------------------------------------------------------------
+
+fn ev(id: &str, revision: Option<u64>, change: Change) -> PermitEvent {
+    PermitEvent {
+        client: "OC-TOMA".into(),
+        reference_id: id.into(),
+        revision,
+        occurred_at_ms: None,
+        change,
+    }
+}
+
+fn create(zone: &str, t: &str) -> Change {
+    Change::Created {
+        zone: zone.into(),
+        permit_type: t.into(),
+    }
+}
+
+fn update(zone: Option<&str>, t: Option<&str>) -> Change {
+    Change::Updated {
+        zone: zone.map(Into::into),
+        permit_type: t.map(Into::into),
+    }
+}
+
+#[test]
+fn a_hand_written_stream_walks_through_every_rule() {
+    use Kind::{Created, Deleted, Updated};
+    use Outcome::{Applied, Skipped};
+    use SkipReason::{OrphanDelete, OrphanUpdate, StaleRevision};
+
+    let a = "1a9b5375-cb75-4c71-9939-eeae550b09ac";
+    let a_upper = "1A9B5375-CB75-4C71-9939-EEAE550B09AC";
+    let steps: Vec<(PermitEvent, Outcome)> = vec![
+        // Rule 1: create, then a duplicate create (still one), then a full replacement.
+        (ev(a, Some(1), create("Lot 1", "temp")), Applied(Created)),
+        (ev(a, None, create("Lot 1", "temp")), Applied(Created)),
+        (ev("b", None, create("Lot 1", "temp")), Applied(Created)),
+        (ev("b", None, create("Lot 2", "standard")), Applied(Created)),
+        // The uppercased UUID is another permit.
+        (ev(a_upper, None, create("Lot 1", "temp")), Applied(Created)),
+        // Rule 2: merge a zone only (a move), then a type only, then nothing at all.
+        (
+            ev(a, Some(2), update(Some("lot 1"), None)),
+            Applied(Updated),
+        ),
+        (
+            ev(a, Some(3), update(None, Some("standard"))),
+            Applied(Updated),
+        ),
+        (ev("b", None, update(None, None)), Applied(Updated)),
+        // Rule 5: stale (equal, then lower) revisions are skipped.
+        (
+            ev(a, Some(3), create("Lot 9", "temp")),
+            Skipped(StaleRevision),
+        ),
+        (
+            ev(a, Some(1), update(Some("Lot 9"), None)),
+            Skipped(StaleRevision),
+        ),
+        // Rule 3: an update for an unknown permit with one field is an orphan, with both a create.
+        (
+            ev("c", Some(7), update(Some("Lot 2"), None)),
+            Skipped(OrphanUpdate),
+        ),
+        (
+            ev("c", Some(7), update(Some("Lot 2"), Some("temp"))),
+            Applied(Updated),
+        ),
+        // Rule 4: deletes of unknown and of already deleted permits are orphans.
+        (ev("d", None, Change::Deleted), Skipped(OrphanDelete)),
+        (ev(a_upper, None, Change::Deleted), Applied(Deleted)),
+        (ev(a_upper, None, Change::Deleted), Skipped(OrphanDelete)),
+        // Rule 3 again: an update of a deleted permit.
+        (
+            ev(a_upper, None, update(None, Some("temp"))),
+            Skipped(OrphanUpdate),
+        ),
+        (
+            ev(a_upper, None, update(Some("Lot 1"), Some("validator"))),
+            Applied(Updated),
+        ),
+        // Rule 5: a delete with a revision leaves a tombstone that holds off an older create...
+        (ev(a, Some(5), Change::Deleted), Applied(Deleted)),
+        (
+            ev(a, Some(4), create("Lot 1", "temp")),
+            Skipped(StaleRevision),
+        ),
+        (ev(a, Some(5), Change::Deleted), Skipped(StaleRevision)),
+        // ...while an event without a revision is not stale, and keeps the stored 5.
+        (ev(a, None, Change::Deleted), Skipped(OrphanDelete)),
+        (
+            ev(a, None, update(Some("Lot 2"), Some("temp"))),
+            Applied(Updated),
+        ),
+        (
+            ev(a, Some(5), update(Some("Lot 9"), None)),
+            Skipped(StaleRevision),
+        ),
+        (
+            ev(a, Some(6), update(None, Some("validator"))),
+            Applied(Updated),
+        ),
+    ];
+
+    let p = Projection::new();
+    let mut model = Model::default();
+    for (i, (event, expected)) in steps.iter().enumerate() {
+        assert_eq!(model.apply(event), *expected, "model, step #{i}: {event:?}");
+        assert_eq!(
+            p.apply(event),
+            *expected,
+            "projection, step #{i}: {event:?}"
+        );
+    }
+
+    let expected: Rows = vec![
+        ("Lot 1".into(), "validator".into(), 1), // the uppercased UUID, revived by rule 3
+        ("Lot 2".into(), "standard".into(), 1),  // b
+        ("Lot 2".into(), "temp".into(), 1),      // c
+        ("Lot 2".into(), "validator".into(), 1), // a
+    ];
+    assert_eq!(model.rows("OC-TOMA"), expected);
+    assert_eq!(query_rows(&p, "OC-TOMA", None), expected);
+    let view = p.view("OC-TOMA").expect("the client has a view");
+    assert_eq!(
+        &view.body(None)[..],
+        &br#"{"data":[{"type":"validator","zone":"Lot 1","total":"1"},{"type":"standard","zone":"Lot 2","total":"1"},{"type":"temp","zone":"Lot 2","total":"1"},{"type":"validator","zone":"Lot 2","total":"1"}]}"#[..]
+    );
+    assert_eq!(
+        &view.body(Some(&["lot 1", "Lot 1", "Lot 1"]))[..],
+        &br#"{"data":[{"type":"validator","zone":"Lot 1","total":"1"}]}"#[..]
+    );
+    assert_eq!(&view.body(Some(&["lot 1"]))[..], &br#"{"data":[]}"#[..]);
+    assert!(p.query("OC-UVIC", None).is_empty());
+}
