@@ -38,6 +38,8 @@ pub const DEMO_CLIENT: &str = "OC-TOMA";
 
 /// Runs the service until SIGTERM or Ctrl-C.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // First: every metric handle taken from here on (ingest's among them) must reach it.
+    let metrics = telemetry::metrics();
     let mut tokens = match &args.tokens {
         Some(path) => Tokens::load(path)?,
         None => Tokens::default(),
@@ -111,7 +113,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         projection,
         tokens: Arc::new(ArcSwap::from_pointee(tokens)),
         status,
-        metrics: telemetry::metrics(),
+        metrics,
     };
     let server = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(cancel.clone().cancelled_owned())

@@ -141,8 +141,10 @@ impl IngestStatus {
             ready,
             replayed,
             target,
-            percent: if target == 0 {
+            percent: if ready {
                 100.0
+            } else if target == 0 {
+                0.0
             } else {
                 (replayed as f64 * 1000.0 / target as f64).floor() / 10.0
             },
@@ -181,8 +183,11 @@ pub fn spawn(
 /// librdkafka's callbacks: logs into `tracing`, statistics into the high watermarks used for lag.
 struct IngestContext {
     topic: String,
-    high_watermarks: Mutex<HashMap<i32, i64>>,
+    high_watermarks: HighWatermarks,
 }
+
+/// The newest high watermark per partition, from librdkafka's statistics.
+type HighWatermarks = Arc<Mutex<HashMap<i32, i64>>>;
 
 impl ClientContext for IngestContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
@@ -266,6 +271,7 @@ struct Ingest {
 /// Everything but the consumer, so that a message borrowed from the consumer can be applied.
 struct Tracker {
     topic: String,
+    high_watermarks: HighWatermarks,
     projection: Arc<Projection>,
     status: Arc<IngestStatus>,
     partitions: BTreeMap<i32, PartitionState>,
@@ -281,9 +287,10 @@ impl Ingest {
         projection: Arc<Projection>,
         status: Arc<IngestStatus>,
     ) -> anyhow::Result<Self> {
+        let high_watermarks = HighWatermarks::default();
         let context = IngestContext {
             topic: config.topic.clone(),
-            high_watermarks: Mutex::default(),
+            high_watermarks: Arc::clone(&high_watermarks),
         };
         let consumer: BaseConsumer<IngestContext> = ClientConfig::new()
             .set("bootstrap.servers", &config.brokers)
@@ -302,6 +309,7 @@ impl Ingest {
             consumer,
             tracker: Tracker {
                 topic: config.topic.clone(),
+                high_watermarks,
                 projection,
                 status,
                 partitions: BTreeMap::new(),
@@ -327,9 +335,7 @@ impl Ingest {
             }
         }
         self.tracker.status.set_waiting_for(None);
-        if self.tracker.check_ready() {
-            self.update_lag();
-        }
+        self.tracker.check_ready();
 
         let mut last_check = Instant::now();
         let mut last_metadata = Instant::now();
@@ -344,7 +350,7 @@ impl Ingest {
                         last_progress = self.tracker.log_progress(last_progress);
                     }
                 }
-                self.update_lag();
+                self.tracker.update_lag();
             }
             if last_metadata.elapsed() >= METADATA_EVERY {
                 last_metadata = Instant::now();
@@ -453,32 +459,7 @@ impl Ingest {
             taken += 1;
             next = self.consumer.poll(Duration::ZERO);
         }
-        if tracker.apply_batch() {
-            self.update_lag();
-        }
-    }
-
-    /// Lag per partition from the newest high watermarks librdkafka's statistics reported.
-    fn update_lag(&mut self) {
-        let marks = self
-            .consumer
-            .context()
-            .high_watermarks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let mut total = 0u64;
-        for (partition, state) in &self.tracker.partitions {
-            let high = marks
-                .get(partition)
-                .copied()
-                .unwrap_or(state.start_high)
-                .max(state.start_high);
-            let lag = (high - state.next).max(0) as u64;
-            state.lag.set(lag as f64);
-            total += lag;
-        }
-        self.tracker.status.lag.store(total, Ordering::Relaxed);
+        tracker.apply_batch();
     }
 }
 
@@ -513,8 +494,7 @@ impl Tracker {
         }
     }
 
-    /// Applies the batch; true when this made the projection ready.
-    fn apply_batch(&mut self) -> bool {
+    fn apply_batch(&mut self) {
         if !self.events.is_empty() {
             let tally = self.projection.apply_batch(&self.events);
             self.events.clear();
@@ -531,7 +511,9 @@ impl Tracker {
                 self.metrics.last_event.set(newest as f64 / 1000.0);
             }
         }
-        !self.status.is_ready() && self.check_ready()
+        if !self.status.is_ready() {
+            self.check_ready();
+        }
     }
 
     /// Flips the latch once every partition is applied up to its start watermark.
@@ -567,6 +549,8 @@ impl Tracker {
             };
         }
         self.status.replayed.store(replayed, Ordering::Relaxed);
+        // Lag first, so that the first answer after the latch flips carries a current one.
+        self.update_lag();
         if !all_caught_up || self.partitions.is_empty() {
             return false;
         }
@@ -582,6 +566,27 @@ impl Tracker {
             );
         }
         true
+    }
+
+    /// Lag per partition: the newest high watermark (from librdkafka's statistics, or the one
+    /// noted at assignment) minus the next offset to apply.
+    fn update_lag(&self) {
+        let marks = self
+            .high_watermarks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut total = 0u64;
+        for (partition, state) in &self.partitions {
+            let high = marks
+                .get(partition)
+                .copied()
+                .unwrap_or(state.start_high)
+                .max(state.start_high);
+            let lag = (high - state.next).max(0) as u64;
+            state.lag.set(lag as f64);
+            total += lag;
+        }
+        self.status.lag.store(total, Ordering::Relaxed);
     }
 
     fn log_progress(&self, (since, before): (Instant, u64)) -> (Instant, u64) {

@@ -1,0 +1,1572 @@
+//! End-to-end tests against a REAL Apache Kafka broker: the built `permit-stats serve` binary,
+//! a topic written by an independent producer, and an independent reference model of the five
+//! projection rules of `spec/events.md`.
+//!
+//! Nothing here uses the crate's own producer, generator or projection: the test writes its own
+//! seeded event stream (protobuf with and without the `content-type` header, canonical JSON, exact
+//! duplicates, moves, re-creates, orphans, bad records), computes the expected answer with a small
+//! `HashMap` model that follows the rules literally, and compares what a user of the HTTP API sees
+//! (bodies byte for byte, freshness headers, readiness, metrics) with it.
+//!
+//! Run them with a broker:
+//!
+//! ```text
+//! scripts/kafka.sh run -- cargo test --test kafka_e2e -- --nocapture
+//! ```
+//!
+//! Without `KAFKA_BOOTSTRAP` the tests print a loud notice and pass, unless `CI` is set, in which
+//! case they fail. `PERMIT_STATS_E2E_SEED` changes the seed of the generated stream,
+//! `PERMIT_STATS_E2E_BULK` the number of extra bulk events (see [`BULK_EVENTS`]).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+    fs,
+    io::{BufRead as _, BufReader},
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use permit_stats::{auth, events::pb};
+use prost::Message as _;
+use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
+use rdkafka::{
+    ClientConfig, ClientContext,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    error::{KafkaError, RDKafkaErrorCode},
+    message::{Header, OwnedHeaders},
+    producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext},
+};
+use serde_json::Value;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+// ---------------------------------------------------------------------------------------------
+// The universe of the generated stream.
+// ---------------------------------------------------------------------------------------------
+
+/// The two clients of the vendor's examples: both plain values, never the same client.
+const CLIENTS: [&str; 2] = ["OC-TOMA", "OC_TOMA"];
+/// The client of the bulk events that only make the replay take long enough to watch.
+const BULK_CLIENT: &str = "BULK";
+
+/// Twelve zones: the vendor's examples, two differing only in case, one a prefix of another, one
+/// that needs JSON and Prometheus escaping, one with a non-ASCII byte (sorts after ASCII).
+const ZONES: [&str; 12] = [
+    "Lot 01",
+    "Lot 02",
+    "Lot 03",
+    "Lot 01 East",
+    "Red Lot",
+    "Street parking",
+    "Zone A",
+    "zone a",
+    "Garage P2",
+    "Visitor",
+    "North \"B\" Lot",
+    "Zoné",
+];
+
+const TYPES: [&str; 3] = ["standard", "temp", "validator"];
+
+/// Good events of the two real clients before the service starts (bad records come on top).
+const MAIN_EVENTS: usize = 4_000;
+/// Distinct permits of the main stream.
+const MAIN_PERMITS: usize = 600;
+/// Extra valid events of [`BULK_CLIENT`], mixed into the topic so that the replay of a debug
+/// build takes long enough for "503 before caught up" to be observed reliably.
+const BULK_EVENTS: usize = 150_000;
+/// Distinct permits of the bulk stream.
+const BULK_PERMITS: usize = 20_000;
+/// Events produced while the service runs (live updates).
+const LIVE_EVENTS: usize = 200;
+/// Partitions of every test topic.
+const PARTITIONS: i32 = 4;
+/// The default seed of the generated stream.
+const DEFAULT_SEED: u64 = 0x5EED_2026_0105;
+
+/// How long a start may take to become ready.
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// How long live updates may take to show.
+const LIVE_DEADLINE: Duration = Duration::from_secs(30);
+/// Poll step.
+const STEP: Duration = Duration::from_millis(20);
+
+// ---------------------------------------------------------------------------------------------
+// The broker gate.
+// ---------------------------------------------------------------------------------------------
+
+/// The bootstrap address of the real broker; `None` (after a loud notice) when a developer runs
+/// the tests without one. In CI a missing broker is a failure.
+fn bootstrap() -> Option<String> {
+    match std::env::var("KAFKA_BOOTSTRAP") {
+        Ok(b) if !b.trim().is_empty() => Some(b.trim().to_owned()),
+        _ => {
+            if std::env::var_os("CI").is_some() {
+                panic!(
+                    "real-Kafka tests need KAFKA_BOOTSTRAP; run them through scripts/kafka.sh run -- cargo test"
+                );
+            }
+            eprintln!(
+                "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+                 !! SKIPPED: real-Kafka end-to-end test (KAFKA_BOOTSTRAP is not set).          !!\n\
+                 !! This is NOT evidence that the service works with Kafka. Run:               !!\n\
+                 !!   scripts/kafka.sh run -- cargo test --test kafka_e2e -- --nocapture       !!\n\
+                 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+            );
+            None
+        }
+    }
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, got {v:?}")),
+        Err(_) => default,
+    }
+}
+
+fn unique_suffix() -> String {
+    format!("{}-{:08x}", std::process::id(), rand::rng().random::<u32>())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reference model: the five rules of spec/events.md, literally.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct ModelPermit {
+    live: bool,
+    zone: String,
+    permit_type: String,
+    /// 0 = no revision stored.
+    revision: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ModelOutcome {
+    Created,
+    Updated,
+    Deleted,
+    OrphanUpdate,
+    OrphanDelete,
+    Stale,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Model {
+    permits: HashMap<(String, String), ModelPermit>,
+    /// Newest `occurred_at` (ms) among the events applied to each client.
+    as_of_ms: HashMap<String, i64>,
+    /// Outcomes so far, for the event counters of `/metrics`.
+    outcomes: HashMap<&'static str, u64>,
+}
+
+impl ModelOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::Deleted => "deleted",
+            Self::OrphanUpdate => "orphan_update",
+            Self::OrphanDelete => "orphan_delete",
+            Self::Stale => "stale_revision",
+        }
+    }
+}
+
+impl Model {
+    /// Applies one valid event.
+    fn apply(&mut self, event: &pb::PermitEvent) -> ModelOutcome {
+        use pb::permit_event::Change;
+        let key = (event.client.clone(), event.reference_id.clone());
+        let stored = self.permits.get(&key).cloned();
+        // Rule 5 (checked first): both carry a revision and the event's is not greater: stale.
+        if let Some(s) = &stored
+            && event.revision != 0
+            && s.revision != 0
+            && event.revision <= s.revision
+        {
+            return self.count(ModelOutcome::Stale);
+        }
+        let live = stored.as_ref().filter(|s| s.live);
+        let (next, outcome) = match event
+            .change
+            .as_ref()
+            .expect("generated events have a change")
+        {
+            // Rule 1: live with exactly these fields.
+            Change::Created(c) => (
+                Some((c.zone.clone(), c.permit_type.clone())),
+                ModelOutcome::Created,
+            ),
+            Change::Updated(u) => match live {
+                // Rule 2: merge the present fields.
+                Some(s) => (
+                    Some((
+                        u.zone.clone().unwrap_or_else(|| s.zone.clone()),
+                        u.permit_type
+                            .clone()
+                            .unwrap_or_else(|| s.permit_type.clone()),
+                    )),
+                    ModelOutcome::Updated,
+                ),
+                // Rule 3: unknown or deleted: a create when it carries zone and type.
+                None => match (&u.zone, &u.permit_type) {
+                    (Some(z), Some(t)) => (Some((z.clone(), t.clone())), ModelOutcome::Updated),
+                    _ => return self.count(ModelOutcome::OrphanUpdate),
+                },
+            },
+            Change::Deleted(_) => match live {
+                Some(_) => (None, ModelOutcome::Deleted),
+                // Rule 4.
+                None => return self.count(ModelOutcome::OrphanDelete),
+            },
+        };
+        let revision = if event.revision != 0 {
+            event.revision
+        } else {
+            stored.as_ref().map_or(0, |s| s.revision)
+        };
+        let state = match next {
+            Some((zone, permit_type)) => ModelPermit {
+                live: true,
+                zone,
+                permit_type,
+                revision,
+            },
+            None => {
+                let s = stored.expect("a delete applies only to a live permit");
+                ModelPermit {
+                    live: false,
+                    revision,
+                    ..s
+                }
+            }
+        };
+        self.permits.insert(key, state);
+        if let Some(at) = &event.occurred_at {
+            let ms = at.seconds * 1000 + i64::from(at.nanos) / 1_000_000;
+            let entry = self.as_of_ms.entry(event.client.clone()).or_insert(ms);
+            *entry = (*entry).max(ms);
+        }
+        self.count(outcome)
+    }
+
+    fn count(&mut self, outcome: ModelOutcome) -> ModelOutcome {
+        *self.outcomes.entry(outcome.label()).or_default() += 1;
+        outcome
+    }
+
+    fn is_live(&self, client: &str, id: &str) -> bool {
+        self.permits
+            .get(&(client.to_owned(), id.to_owned()))
+            .is_some_and(|p| p.live)
+    }
+
+    /// The non-zero counters of one client, sorted by zone then type in byte order (`String`'s
+    /// `Ord` is byte order); only the given zones when `zones` is `Some`.
+    fn rows(&self, client: &str, zones: Option<&[&str]>) -> Vec<(String, String, u64)> {
+        let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for ((c, _), p) in &self.permits {
+            if c == client && p.live && zones.is_none_or(|z| z.contains(&p.zone.as_str())) {
+                *counts
+                    .entry((p.zone.clone(), p.permit_type.clone()))
+                    .or_default() += 1;
+            }
+        }
+        counts.into_iter().map(|((z, t), n)| (z, t, n)).collect()
+    }
+
+    /// The exact response body the stats request must answer.
+    fn body(&self, client: &str, zones: Option<&[&str]>) -> String {
+        let mut out = String::from("{\"data\":[");
+        for (i, (zone, permit_type, total)) in self.rows(client, zones).iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write!(
+                out,
+                "{{\"type\":{},\"zone\":{},\"total\":\"{total}\"}}",
+                json_string(permit_type),
+                json_string(zone)
+            )
+            .expect("writing to a String");
+        }
+        out.push_str("]}");
+        out
+    }
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The generated stream.
+// ---------------------------------------------------------------------------------------------
+
+/// One Kafka record to produce.
+#[derive(Debug, Clone)]
+struct Record {
+    key: String,
+    payload: Vec<u8>,
+    content_type: Option<&'static str>,
+    /// `Some` for a good record (what it decodes to), `None` for a bad one.
+    event: Option<pb::PermitEvent>,
+}
+
+#[derive(Debug)]
+struct GenPermit {
+    client: &'static str,
+    id: String,
+    /// Permits without revisions exercise rules 1-4 without rule 5.
+    revisioned: bool,
+    next_revision: u64,
+    ever_created: bool,
+}
+
+/// A seeded generator of permit events that feeds every good event to the model as it makes it.
+/// Generation order equals each permit's order on its partition (key = reference id), and the
+/// model's result per permit depends only on that permit's events, so the model's final state is
+/// what a correct projection holds after reading the topic.
+struct Generator {
+    rng: StdRng,
+    model: Model,
+    permits: Vec<GenPermit>,
+    bulk: Vec<GenPermit>,
+    /// Good records produced so far, for exact duplicates.
+    history: Vec<Record>,
+    clock_ms: i64,
+    garbage: usize,
+    garbage_by_kind: BTreeMap<&'static str, usize>,
+    ghosts: usize,
+}
+
+impl Generator {
+    fn new(seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let permits = (0..MAIN_PERMITS)
+            .map(|i| GenPermit {
+                client: CLIENTS[i % 2],
+                id: reference_id(&mut rng, i),
+                revisioned: rng.random_range(0..10) != 0,
+                next_revision: 1,
+                ever_created: false,
+            })
+            .collect();
+        let bulk = (0..BULK_PERMITS)
+            .map(|i| GenPermit {
+                client: BULK_CLIENT,
+                id: format!("bulk-{i:06}"),
+                revisioned: true,
+                next_revision: 1,
+                ever_created: false,
+            })
+            .collect();
+        Self {
+            rng,
+            model: Model::default(),
+            permits,
+            bulk,
+            history: Vec::new(),
+            // 2026-01-05T08:00:00Z
+            clock_ms: 1_767_600_000_000,
+            garbage: 0,
+            garbage_by_kind: BTreeMap::new(),
+            ghosts: 0,
+        }
+    }
+
+    fn tick(&mut self) -> pbjson_types::Timestamp {
+        self.clock_ms += self.rng.random_range(1..2_000);
+        pbjson_types::Timestamp {
+            seconds: self.clock_ms.div_euclid(1000),
+            nanos: i32::try_from(self.clock_ms.rem_euclid(1000) * 1_000_000).expect("< 1e9"),
+        }
+    }
+
+    fn revision(&mut self, index: usize, bulk: bool) -> u64 {
+        let permit = if bulk {
+            &mut self.bulk[index]
+        } else {
+            &mut self.permits[index]
+        };
+        if !permit.revisioned {
+            return 0;
+        }
+        let r = permit.next_revision;
+        permit.next_revision += 1 + u64::from(self.rng.random_range(0..8u8) == 0);
+        r
+    }
+
+    fn zone(&mut self) -> String {
+        (*ZONES.choose(&mut self.rng).expect("not empty")).to_owned()
+    }
+
+    fn permit_type(&mut self) -> String {
+        (*TYPES.choose(&mut self.rng).expect("not empty")).to_owned()
+    }
+
+    fn created(&mut self) -> pb::permit_event::Change {
+        let zone = self.zone();
+        let permit_type = self.permit_type();
+        let n = self.rng.random_range(1000..9999);
+        pb::permit_event::Change::Created(pb::PermitCreated {
+            permit_no: format!("{}-{n}", &zone[..zone.len().min(3)]),
+            licence_plate: format!("PL{n}X"),
+            start_time: "2026-01-05T08:00:00".into(),
+            end_time: "2026-01-05T18:00:00".into(),
+            amount: format!("{}.50", n % 40),
+            currency: "CAD".into(),
+            zone,
+            permit_type,
+        })
+    }
+
+    fn event(
+        &mut self,
+        client: &str,
+        id: &str,
+        revision: u64,
+        change: pb::permit_event::Change,
+    ) -> pb::PermitEvent {
+        let occurred_at = self.tick();
+        pb::PermitEvent {
+            event_id: format!("evt-{:016x}", self.rng.random::<u64>()),
+            client: client.to_owned(),
+            reference_id: id.to_owned(),
+            revision,
+            occurred_at: Some(occurred_at),
+            change: Some(change),
+        }
+    }
+
+    /// A good record: applied to the model, encoded half as canonical JSON and half as protobuf
+    /// (a third of those without the header, which also means protobuf).
+    fn good(&mut self, event: pb::PermitEvent) -> Record {
+        self.model.apply(&event);
+        let (payload, content_type) = match self.rng.random_range(0..6) {
+            0..3 => (
+                serde_json::to_vec(&event).expect("pbjson serializes"),
+                Some("application/json"),
+            ),
+            3..5 => (event.encode_to_vec(), Some("application/x-protobuf")),
+            _ => (event.encode_to_vec(), None),
+        };
+        let record = Record {
+            key: event.reference_id.clone(),
+            payload,
+            content_type,
+            event: Some(event),
+        };
+        self.history.push(record.clone());
+        record
+    }
+
+    /// One record of the main stream of the two real clients.
+    fn next_main(&mut self, allow_garbage: bool) -> Record {
+        use pb::permit_event::Change;
+        let roll = self.rng.random_range(0..1000);
+        if allow_garbage && roll < 10 {
+            return self.bad();
+        }
+        if roll < 40 && !self.history.is_empty() {
+            // An exact redelivery of an earlier good record: same key, bytes and headers.
+            let record = self
+                .history
+                .choose(&mut self.rng)
+                .expect("not empty")
+                .clone();
+            self.model
+                .apply(record.event.as_ref().expect("history holds good records"));
+            return record;
+        }
+        if roll < 55 {
+            // A ghost: a reference id that is never created.
+            self.ghosts += 1;
+            let client = CLIENTS[self.ghosts % 2];
+            let id = format!("ghost-{}", self.ghosts);
+            let change = if self.rng.random_bool(0.5) {
+                Change::Deleted(pb::PermitDeleted {})
+            } else {
+                Change::Updated(pb::PermitUpdated {
+                    licence_plate: Some("GHOST1".into()),
+                    ..Default::default()
+                })
+            };
+            let revision = self.rng.random_range(0..3);
+            let event = self.event(client, &id, revision, change);
+            return self.good(event);
+        }
+        let index = if roll < 300 {
+            // Prefer a permit that was never created, while there are any.
+            let fresh: Vec<usize> = (0..self.permits.len())
+                .filter(|&i| !self.permits[i].ever_created)
+                .collect();
+            fresh
+                .choose(&mut self.rng)
+                .copied()
+                .unwrap_or_else(|| self.rng.random_range(0..self.permits.len()))
+        } else {
+            self.rng.random_range(0..self.permits.len())
+        };
+        let (client, id) = (self.permits[index].client, self.permits[index].id.clone());
+        let live = self.model.is_live(client, &id);
+        let change = if live {
+            match self.rng.random_range(0..100) {
+                // Moves: zone only, type only, both.
+                0..25 => Change::Updated(pb::PermitUpdated {
+                    zone: Some(self.zone()),
+                    ..Default::default()
+                }),
+                25..40 => Change::Updated(pb::PermitUpdated {
+                    permit_type: Some(self.permit_type()),
+                    ..Default::default()
+                }),
+                40..50 => Change::Updated(pb::PermitUpdated {
+                    zone: Some(self.zone()),
+                    permit_type: Some(self.permit_type()),
+                    end_time: Some("2026-01-06T18:00:00".into()),
+                    ..Default::default()
+                }),
+                // Neither zone nor type: vendor details only.
+                50..65 => Change::Updated(pb::PermitUpdated {
+                    licence_plate: Some(format!("NEW{}", self.rng.random_range(100..999))),
+                    amount: Some("20.00".into()),
+                    ..Default::default()
+                }),
+                // A create of a live permit: a full replacement.
+                65..70 => self.created(),
+                _ => Change::Deleted(pb::PermitDeleted {}),
+            }
+        } else {
+            match self.rng.random_range(0..100) {
+                // Orphans on an unknown or deleted permit: a delete, an update with one field
+                // (skipped), an update with zone and type (applied as a create).
+                0..8 => Change::Deleted(pb::PermitDeleted {}),
+                8..16 => Change::Updated(pb::PermitUpdated {
+                    zone: Some(self.zone()),
+                    ..Default::default()
+                }),
+                16..24 => Change::Updated(pb::PermitUpdated {
+                    zone: Some(self.zone()),
+                    permit_type: Some(self.permit_type()),
+                    ..Default::default()
+                }),
+                // A create, or a re-create after a delete.
+                _ => self.created(),
+            }
+        };
+        if matches!(change, Change::Created(_)) {
+            self.permits[index].ever_created = true;
+        }
+        let revision = self.revision(index, false);
+        let event = self.event(client, &id, revision, change);
+        self.good(event)
+    }
+
+    /// One record of the bulk client: creates, moves and deletes of many small permits.
+    fn next_bulk(&mut self) -> Record {
+        use pb::permit_event::Change;
+        let index = self.rng.random_range(0..self.bulk.len());
+        let id = self.bulk[index].id.clone();
+        let change = if !self.model.is_live(BULK_CLIENT, &id) {
+            self.bulk[index].ever_created = true;
+            Change::Created(pb::PermitCreated {
+                zone: self.zone(),
+                permit_type: self.permit_type(),
+                ..Default::default()
+            })
+        } else if self.rng.random_range(0..10) < 7 {
+            Change::Updated(pb::PermitUpdated {
+                zone: Some(self.zone()),
+                ..Default::default()
+            })
+        } else {
+            Change::Deleted(pb::PermitDeleted {})
+        };
+        let revision = self.revision(index, true);
+        let event = self.event(BULK_CLIENT, &id, revision, change);
+        // Bulk records are not kept for duplicates (the history is for the main clients).
+        let record = self.good(event);
+        self.history.pop();
+        record
+    }
+
+    /// A bad record; cycles through the four kinds so that each one appears.
+    fn bad(&mut self) -> Record {
+        let kind = self.garbage % 4;
+        self.garbage += 1;
+        let index = self.rng.random_range(0..self.permits.len());
+        let (client, id) = (self.permits[index].client, self.permits[index].id.clone());
+        let change = self.created();
+        // Revision 0 so that even a mistaken decode could not guard anything.
+        let mut event = self.event(client, &id, 0, change);
+        let (name, payload, content_type) = match kind {
+            0 => {
+                let mut bytes = event.encode_to_vec();
+                bytes.pop();
+                assert!(
+                    pb::PermitEvent::decode(bytes.as_slice()).is_err(),
+                    "the truncated protobuf must not decode"
+                );
+                let ct = self
+                    .rng
+                    .random_bool(0.5)
+                    .then_some("application/x-protobuf");
+                ("truncated protobuf", bytes, ct)
+            }
+            1 => {
+                let json = serde_json::to_vec(&event).expect("serializes");
+                let bytes = json[..json.len() / 2].to_vec();
+                assert!(serde_json::from_slice::<pb::PermitEvent>(&bytes).is_err());
+                ("invalid JSON", bytes, Some("application/json"))
+            }
+            2 => (
+                "text/plain",
+                serde_json::to_vec(&event).expect("serializes"),
+                Some("text/plain"),
+            ),
+            _ => {
+                event.client.clear();
+                if self.rng.random_bool(0.5) {
+                    (
+                        "missing client",
+                        serde_json::to_vec(&event).expect("serializes"),
+                        Some("application/json"),
+                    )
+                } else {
+                    ("missing client", event.encode_to_vec(), None)
+                }
+            }
+        };
+        *self.garbage_by_kind.entry(name).or_default() += 1;
+        Record {
+            key: id,
+            payload,
+            content_type,
+            event: None,
+        }
+    }
+
+    /// The records written before the service starts: the main stream and the bulk stream,
+    /// randomly interleaved (each keeps its own order).
+    fn initial(&mut self, bulk: usize) -> Vec<Record> {
+        let mut out = Vec::with_capacity(MAIN_EVENTS + bulk + 64);
+        let (mut main_left, mut bulk_left) = (MAIN_EVENTS, bulk);
+        while main_left + bulk_left > 0 {
+            if self.rng.random_range(0..main_left + bulk_left) < main_left {
+                let record = self.next_main(true);
+                if record.event.is_some() {
+                    main_left -= 1;
+                }
+                out.push(record);
+            } else {
+                out.push(self.next_bulk());
+                bulk_left -= 1;
+            }
+        }
+        out
+    }
+}
+
+fn reference_id(rng: &mut StdRng, i: usize) -> String {
+    let uuid = format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        rng.random::<u32>(),
+        rng.random::<u16>(),
+        rng.random::<u16>() & 0xfff,
+        0x8000 | (rng.random::<u16>() & 0x3fff),
+        rng.random::<u64>() & 0xffff_ffff_ffff
+    );
+    match i % 10 {
+        // Uppercase and dash-less UUIDs and plain codes are different reference ids.
+        7 => uuid.to_uppercase(),
+        8 => uuid.replace('-', ""),
+        9 => format!("P-{i:05}"),
+        _ => uuid,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kafka: topic and an independent producer.
+// ---------------------------------------------------------------------------------------------
+
+async fn create_topic(bootstrap: &str, name: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    let results = admin
+        .create_topics([&topic], &options)
+        .await
+        .expect("create_topics request");
+    for result in results {
+        result.unwrap_or_else(|(topic, code)| panic!("cannot create topic {topic}: {code}"));
+    }
+}
+
+async fn delete_topic(bootstrap: &str, name: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let _ = admin.delete_topics(&[name], &AdminOptions::new()).await;
+}
+
+#[derive(Default)]
+struct DeliveryCounter {
+    failed: AtomicUsize,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            eprintln!("test producer: delivery failed: {e}");
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Writes the records in order, keyed by reference id, and waits until all are acknowledged.
+async fn produce(bootstrap: &str, topic: &str, records: Vec<Record>) {
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let producer: BaseProducer<DeliveryCounter> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("acks", "all")
+            // Keeps each key's records in order and single across retries.
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "10")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "1000000")
+            .create_with_context(DeliveryCounter::default())
+            .expect("test producer");
+        for record in &records {
+            let headers = record.content_type.map(|ct| {
+                OwnedHeaders::new().insert(Header {
+                    key: "content-type",
+                    value: Some(ct),
+                })
+            });
+            let mut base = BaseRecord::to(&topic)
+                .key(record.key.as_str())
+                .payload(record.payload.as_slice());
+            if let Some(h) = headers {
+                base = base.headers(h);
+            }
+            loop {
+                match producer.send(base) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        base = back;
+                        producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => panic!("test producer: cannot enqueue: {e}"),
+                }
+            }
+            producer.poll(Duration::ZERO);
+        }
+        producer
+            .flush(Duration::from_secs(60))
+            .expect("test producer: flush");
+        assert_eq!(
+            producer.context().failed.load(Ordering::Relaxed),
+            0,
+            "every record must be delivered"
+        );
+    })
+    .await
+    .expect("producer thread");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The service under test: the real binary.
+// ---------------------------------------------------------------------------------------------
+
+/// A temporary folder removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", unique_suffix()));
+        fs::create_dir_all(&path).expect("temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // The service's log tail is printed on failure (see `Service`), so nothing is kept.
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A running `permit-stats serve`; SIGTERM (then SIGKILL after 10 s) on drop.
+struct Service {
+    child: Option<Child>,
+    base: String,
+    log: PathBuf,
+    started: Instant,
+}
+
+impl Service {
+    fn start(
+        bootstrap: &str,
+        topic: &str,
+        tokens: &std::path::Path,
+        dir: &std::path::Path,
+    ) -> Self {
+        let port = free_port();
+        let log = dir.join(format!("service-{port}.log"));
+        let log_file = fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_permit-stats"))
+            .args(["serve", "--brokers", bootstrap, "--topic", topic])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tokens")
+            .arg(tokens)
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .env_remove("PERMIT_STATS_DEMO")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log file"))
+            .stderr(log_file)
+            .spawn()
+            .expect("start permit-stats serve");
+        Self {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            started: Instant::now(),
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let Ok(file) = fs::File::open(&self.log) else {
+            return String::new();
+        };
+        let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Panics (with the service's log) if the process has exited.
+    fn assert_running(&mut self) {
+        if let Some(child) = &mut self.child
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!(
+                "permit-stats exited unexpectedly ({status}); its log:\n{}",
+                self.log_tail()
+            );
+        }
+    }
+
+    /// SIGTERM, then wait up to 10 s; the exit status, or `None` if it had to be killed.
+    fn terminate(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        self.terminate();
+        if panicking {
+            eprintln!(
+                "---- permit-stats log ({}) ----\n{}\n----",
+                self.log.display(),
+                self.log_tail()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client")
+}
+
+/// `Err` only when the connection was refused (the listener is not up yet).
+async fn try_send(request: reqwest::RequestBuilder) -> Result<Answer, ()> {
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = response.bytes().await.expect("response body").to_vec();
+            Ok(Answer {
+                status,
+                headers,
+                body,
+            })
+        }
+        Err(e) if e.is_connect() => Err(()),
+        Err(e) => panic!("HTTP request failed: {e}"),
+    }
+}
+
+fn stats_request(
+    http: &reqwest::Client,
+    base: &str,
+    client: &str,
+    token: &str,
+    zones: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let mut body = serde_json::json!({ "apiToken": token });
+    if let Some(zones) = zones {
+        body["zones"] = Value::from(zones);
+    }
+    http.post(format!("{base}/api/{client}/v1/permits/stats"))
+        .header("Accept", "application/json")
+        .json(&body)
+}
+
+async fn stats(
+    http: &reqwest::Client,
+    base: &str,
+    client: &str,
+    token: &str,
+    zones: Option<&str>,
+) -> Answer {
+    try_send(stats_request(http, base, client, token, zones))
+        .await
+        .expect("the service is listening")
+}
+
+async fn get(http: &reqwest::Client, url: String) -> Answer {
+    try_send(http.get(url))
+        .await
+        .expect("the service is listening")
+}
+
+/// What the test saw while waiting for a start to become ready.
+#[derive(Debug, Default)]
+struct StartObservation {
+    connect_after: Duration,
+    ready_after: Duration,
+    stats_503: usize,
+    ready_503: usize,
+    /// The first 200 of the stats request.
+    first_ok: Option<Answer>,
+    /// Progress bodies of `/health/ready` 503s: (replayed, target, percent).
+    progress: Vec<(u64, u64, f64)>,
+    /// The first and last 503 bodies of `/health/ready`, for the log.
+    ready_bodies: Vec<String>,
+}
+
+/// Polls the stats request (and `/health/ready`) from the moment the port accepts until both
+/// answer 200, checking every answer before that.
+async fn wait_ready(
+    service: &mut Service,
+    http: &reqwest::Client,
+    client: &str,
+    token: &str,
+    records_in_topic: u64,
+) -> StartObservation {
+    let mut seen = StartObservation::default();
+    let deadline = service.started + READY_DEADLINE;
+    let mut connected = false;
+    let mut stats_ok = false;
+    let mut ready_ok = false;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "not ready within {READY_DEADLINE:?} (stats 200: {stats_ok}, ready 200: {ready_ok}); log:\n{}",
+            service.log_tail()
+        );
+        service.assert_running();
+
+        let Ok(answer) = try_send(stats_request(http, &service.base, client, token, None)).await
+        else {
+            // Not listening yet: retry quickly, the 503 window starts with the listener.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        if !connected {
+            connected = true;
+            seen.connect_after = service.started.elapsed();
+        }
+        match answer.status {
+            503 => {
+                assert!(
+                    !stats_ok,
+                    "stats answered 503 after it had answered 200: {}",
+                    answer.text()
+                );
+                assert_eq!(
+                    answer.json()["ErrorCode"],
+                    9503,
+                    "503 body: {}",
+                    answer.text()
+                );
+                assert!(
+                    answer.header("retry-after").is_some(),
+                    "a 503 must carry Retry-After"
+                );
+                seen.stats_503 += 1;
+            }
+            200 => {
+                if !stats_ok {
+                    stats_ok = true;
+                    seen.ready_after = service.started.elapsed();
+                    seen.first_ok = Some(answer);
+                }
+            }
+            other => panic!(
+                "stats before ready must be 503 or 200, got {other}: {}",
+                answer.text()
+            ),
+        }
+
+        let ready = get(http, format!("{}/health/ready", service.base)).await;
+        let progress = ready.json();
+        match ready.status {
+            503 => {
+                assert!(!ready_ok, "/health/ready went back to 503: {progress}");
+                assert_eq!(progress["ready"], false, "{progress}");
+                let replayed = progress["replayed"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("replayed: {progress}"));
+                let target = progress["target"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("target: {progress}"));
+                let percent = progress["percent"]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("percent: {progress}"));
+                assert!(progress["lag"].is_u64(), "lag: {progress}");
+                assert!(replayed <= target, "{progress}");
+                assert!((0.0..=100.0).contains(&percent), "{progress}");
+                if target > 0 {
+                    assert_eq!(
+                        target, records_in_topic,
+                        "the replay target is every record in the topic: {progress}"
+                    );
+                }
+                if let Some(&(before, _, _)) = seen.progress.last() {
+                    assert!(replayed >= before, "progress went backwards: {progress}");
+                }
+                seen.progress.push((replayed, target, percent));
+                seen.ready_503 += 1;
+                if seen.ready_bodies.len() < 2 {
+                    seen.ready_bodies.push(ready.text());
+                } else {
+                    seen.ready_bodies[1] = ready.text();
+                }
+            }
+            200 => {
+                ready_ok = true;
+                assert_eq!(progress["ready"], true, "{progress}");
+            }
+            other => panic!("/health/ready answered {other}: {progress}"),
+        }
+        if stats_ok && ready_ok {
+            break;
+        }
+        tokio::time::sleep(STEP).await;
+    }
+    seen
+}
+
+/// Checks one client's full answer against the model; returns the body.
+fn check_answer(answer: &Answer, model: &Model, client: &str, what: &str) -> Vec<u8> {
+    let expected = model.body(client, None);
+    assert_eq!(answer.status, 200, "{what}: {}", answer.text());
+    assert_eq!(
+        answer.header("content-type"),
+        Some("application/json"),
+        "{what}"
+    );
+    let expected_json: Value = serde_json::from_str(&expected).expect("expected body is JSON");
+    assert_eq!(answer.json(), expected_json, "{what}: parsed body");
+    assert_eq!(answer.text(), expected, "{what}: exact bytes");
+    assert_eq!(
+        answer.header("x-stats-lag"),
+        Some("0"),
+        "{what}: X-Stats-Lag once caught up"
+    );
+    let Some(&expected_ms) = model.as_of_ms.get(client) else {
+        assert_eq!(
+            answer.header("x-stats-as-of"),
+            None,
+            "{what}: no event applied, so no X-Stats-As-Of"
+        );
+        return answer.body.clone();
+    };
+    let as_of = answer
+        .header("x-stats-as-of")
+        .unwrap_or_else(|| panic!("{what}: X-Stats-As-Of missing"));
+    let parsed = OffsetDateTime::parse(as_of, &Rfc3339)
+        .unwrap_or_else(|e| panic!("{what}: X-Stats-As-Of {as_of:?} is not RFC 3339: {e}"));
+    assert_eq!(
+        i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).expect("fits"),
+        expected_ms,
+        "{what}: X-Stats-As-Of {as_of} is not the newest applied event time"
+    );
+    answer.body.clone()
+}
+
+/// Prometheus label value escaping.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The sum of every sample of `name` whose label set contains `filter` (e.g. `kind="created"`).
+fn metric_sum(page: &str, name: &str, filter: &str) -> f64 {
+    page.lines()
+        .filter(|line| {
+            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+        })
+        .filter(|line| line.contains(filter))
+        .map(|line| {
+            line.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("unparsable sample: {line}"))
+        })
+        .sum()
+}
+
+/// `/metrics`: live-permit gauges equal the model for every client, and every record is counted.
+fn check_metrics(page: &str, model: &Model, clients: &[&str], garbage: usize) {
+    let mut expected: HashMap<String, u64> = HashMap::new();
+    for client in clients {
+        for (zone, permit_type, n) in model.rows(client, None) {
+            expected.insert(
+                format!(
+                    "client=\"{}\",zone=\"{}\",type=\"{}\"",
+                    label(client),
+                    label(&zone),
+                    label(&permit_type)
+                ),
+                n,
+            );
+        }
+    }
+    // Every non-zero reference row appears with its exact value ...
+    for (labels, n) in &expected {
+        let line = format!("permit_stats_permits{{{labels}}} {n}");
+        assert!(
+            page.lines().any(|l| l == line),
+            "/metrics lacks `{line}`; its permit gauges:\n{}",
+            page.lines()
+                .filter(|l| l.starts_with("permit_stats_permits{"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    // ... and no gauge says anything else (a bucket that emptied may stay, at 0).
+    for line in page
+        .lines()
+        .filter(|l| l.starts_with("permit_stats_permits{"))
+    {
+        let (labels, value) = line
+            .strip_prefix("permit_stats_permits{")
+            .and_then(|rest| rest.rsplit_once("} "))
+            .unwrap_or_else(|| panic!("unparsable gauge: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("gauge value: {line}"));
+        let want = expected.get(labels).copied().unwrap_or(0);
+        assert_eq!(value, want as f64, "/metrics: {line}, reference {want}");
+    }
+
+    assert!(
+        page.lines()
+            .any(|l| l.starts_with("permit_stats_records_rejected_total")),
+        "/metrics has no permit_stats_records_rejected_total sample at all (nor, likely, any \
+         other ingest metric: permit_stats_ready present: {}); page:\n{page}",
+        page.lines().any(|l| l.starts_with("permit_stats_ready "))
+    );
+    let rejected = metric_sum(page, "permit_stats_records_rejected_total", "");
+    assert_eq!(
+        rejected,
+        garbage as f64,
+        "permit_stats_records_rejected_total must sum to the bad records produced; samples:\n{}",
+        page.lines()
+            .filter(|l| l.starts_with("permit_stats_records_rejected_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for kind in ["created", "updated", "deleted"] {
+        let got = metric_sum(
+            page,
+            "permit_stats_events_applied_total",
+            &format!("kind=\"{kind}\""),
+        );
+        let want = model.outcomes.get(kind).copied().unwrap_or(0);
+        assert_eq!(
+            got, want as f64,
+            "permit_stats_events_applied_total{{kind=\"{kind}\"}}"
+        );
+    }
+    for reason in ["orphan_update", "orphan_delete", "stale_revision"] {
+        let got = metric_sum(
+            page,
+            "permit_stats_events_skipped_total",
+            &format!("reason=\"{reason}\""),
+        );
+        let want = model.outcomes.get(reason).copied().unwrap_or(0);
+        assert_eq!(
+            got, want as f64,
+            "permit_stats_events_skipped_total{{reason=\"{reason}\"}}"
+        );
+    }
+}
+
+fn write_tokens(dir: &std::path::Path, clients: &[&str]) -> (PathBuf, HashMap<String, String>) {
+    let mut text = String::new();
+    let mut tokens = HashMap::new();
+    for client in clients {
+        let token = auth::generate();
+        text.push_str(&auth::entry_for(&token, client, &format!("e2e {client}")).expect("entry"));
+        tokens.insert((*client).to_owned(), token);
+    }
+    let path = dir.join("tokens.toml");
+    fs::write(&path, text).expect("write token file");
+    (path, tokens)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+// ---------------------------------------------------------------------------------------------
+
+/// Replay from the beginning, answers equal to the reference model byte for byte, 503 until
+/// caught up, metrics, a SIGTERM restart that answers identically, and live updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_restart_and_live_updates_match_the_reference_model() {
+    let Some(bootstrap) = bootstrap() else {
+        return;
+    };
+    let t0 = Instant::now();
+    let seed = env_number("PERMIT_STATS_E2E_SEED", DEFAULT_SEED);
+    let bulk =
+        usize::try_from(env_number("PERMIT_STATS_E2E_BULK", BULK_EVENTS as u64)).expect("fits");
+    let topic = format!("permit-stats-e2e-{}", unique_suffix());
+    eprintln!("e2e: seed {seed:#x}, topic {topic}, bulk {bulk}");
+
+    let dir = TempDir::new("permit-stats-e2e");
+    let all_clients = [CLIENTS[0], CLIENTS[1], BULK_CLIENT];
+    let (tokens_path, tokens) = write_tokens(&dir.0, &all_clients);
+
+    let mut generator = Generator::new(seed);
+    let records = generator.initial(bulk);
+    let records_in_topic = records.len() as u64;
+    let garbage = generator.garbage;
+    eprintln!(
+        "e2e: generated {} records ({} bad: {:?}; model outcomes {:?}) in {:?}",
+        records.len(),
+        garbage,
+        generator.garbage_by_kind,
+        generator.model.outcomes,
+        t0.elapsed()
+    );
+    assert!(
+        generator.garbage_by_kind.len() == 4,
+        "every kind of bad record is in the stream"
+    );
+
+    create_topic(&bootstrap, &topic).await;
+    let t_produce = Instant::now();
+    produce(&bootstrap, &topic, records).await;
+    eprintln!("e2e: produced in {:?}", t_produce.elapsed());
+
+    let http = http();
+    let model = generator.model.clone();
+
+    // ---- first start --------------------------------------------------------------------
+    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0);
+    let seen = wait_ready(
+        &mut service,
+        &http,
+        CLIENTS[0],
+        &tokens[CLIENTS[0]],
+        records_in_topic,
+    )
+    .await;
+    eprintln!(
+        "e2e: first start: listening after {:?}, ready after {:?}; before ready: {} stats 503s, \
+         {} /health/ready 503s (progress samples: {:?}; first and last 503 bodies: {:?})",
+        seen.connect_after,
+        seen.ready_after,
+        seen.stats_503,
+        seen.ready_503,
+        sample(&seen.progress),
+        seen.ready_bodies
+    );
+    let first = seen.first_ok.as_ref().expect("a 200 was seen");
+    check_answer(first, &model, CLIENTS[0], "first 200 (OC-TOMA)");
+    if bulk >= BULK_EVENTS / 2 {
+        // With this much to replay (1.5-2 s in a debug build, polled every 20 ms), the readiness
+        // body is seen part-way through: the target is the whole topic, the replay not done.
+        assert!(
+            seen.progress
+                .iter()
+                .any(|&(replayed, target, _)| target == records_in_topic && replayed < target),
+            "/health/ready never reported a replay in progress: {:?}",
+            seen.progress
+        );
+    }
+    assert!(
+        seen.stats_503 > 0 && seen.ready_503 > 0,
+        "with {records_in_topic} records to replay, the stats request and /health/ready must \
+         answer 503 at least once before ready (stats 503s: {}, ready 503s: {})",
+        seen.stats_503,
+        seen.ready_503
+    );
+
+    let mut bodies = HashMap::new();
+    for client in all_clients {
+        let answer = stats(&http, &service.base, client, &tokens[client], None).await;
+        let body = check_answer(&answer, &model, client, &format!("{client} after ready"));
+        bodies.insert(client, body);
+    }
+    assert_ne!(
+        bodies[CLIENTS[0]], bodies[CLIENTS[1]],
+        "OC-TOMA and OC_TOMA are different clients"
+    );
+
+    // Zone filters: trimmed names, unknown names add nothing, order and duplicates do not matter.
+    for (zones, names) in [
+        ("Lot 01, Lot 02 ,Nope", &["Lot 01", "Lot 02"][..]),
+        (
+            "Street parking,Red Lot, Street parking,North \"B\" Lot",
+            &["Street parking", "Red Lot", "North \"B\" Lot"][..],
+        ),
+        ("zone a,Zoné", &["zone a", "Zoné"][..]),
+    ] {
+        for client in CLIENTS {
+            let answer = stats(&http, &service.base, client, &tokens[client], Some(zones)).await;
+            assert_eq!(answer.status, 200, "{client} {zones:?}: {}", answer.text());
+            assert_eq!(
+                answer.text(),
+                model.body(client, Some(names)),
+                "{client} with zones {zones:?}"
+            );
+        }
+    }
+    // One client's token never reads another client's stats.
+    let cross = stats(&http, &service.base, CLIENTS[1], &tokens[CLIENTS[0]], None).await;
+    assert_eq!(cross.status, 403, "{}", cross.text());
+    assert_eq!(cross.json()["ErrorCode"], 9002);
+
+    let page = get(&http, format!("{}/metrics", service.base)).await;
+    assert_eq!(page.status, 200);
+    check_metrics(&page.text(), &model, &all_clients, garbage);
+
+    // ---- restart ------------------------------------------------------------------------
+    let stop = Instant::now();
+    let status = service.terminate();
+    eprintln!("e2e: SIGTERM -> exit {status:?} in {:?}", stop.elapsed());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM must stop the service with exit status 0 within 10 s, got {status:?}"
+    );
+    drop(service);
+
+    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0);
+    let seen = wait_ready(
+        &mut service,
+        &http,
+        CLIENTS[0],
+        &tokens[CLIENTS[0]],
+        records_in_topic,
+    )
+    .await;
+    eprintln!(
+        "e2e: restart: listening after {:?}, ready after {:?}; before ready: {} stats 503s, {} \
+         /health/ready 503s",
+        seen.connect_after, seen.ready_after, seen.stats_503, seen.ready_503
+    );
+    for client in all_clients {
+        let answer = stats(&http, &service.base, client, &tokens[client], None).await;
+        let body = check_answer(&answer, &model, client, &format!("{client} after restart"));
+        assert!(
+            body == bodies[client],
+            "{client}: the body after the restart differs from the one before"
+        );
+    }
+    let page = get(&http, format!("{}/metrics", service.base)).await;
+    check_metrics(&page.text(), &model, &all_clients, garbage);
+
+    // ---- live updates -------------------------------------------------------------------
+    let mut live = Vec::with_capacity(LIVE_EVENTS + 4);
+    let mut good = 0;
+    while good < LIVE_EVENTS {
+        let record = generator.next_main(true);
+        good += usize::from(record.event.is_some());
+        live.push(record);
+    }
+    let garbage = generator.garbage;
+    let model = generator.model.clone();
+    assert!(
+        CLIENTS
+            .iter()
+            .any(|c| model.body(c, None).as_bytes() != bodies[c].as_slice()),
+        "the live events must change at least one answer"
+    );
+    let t_live = Instant::now();
+    produce(&bootstrap, &topic, live).await;
+    let deadline = Instant::now() + LIVE_DEADLINE;
+    // Informational: answers that did not show the live events yet, by what X-Stats-Lag said.
+    let (mut behind_with_lag, mut behind_with_lag_0) = (0, 0);
+    loop {
+        service.assert_running();
+        let mut done = true;
+        let mut last = Vec::new();
+        for client in CLIENTS {
+            let answer = stats(&http, &service.base, client, &tokens[client], None).await;
+            assert_eq!(answer.status, 200, "{}", answer.text());
+            let current = answer.text() == model.body(client, None);
+            let lag0 = answer.header("x-stats-lag") == Some("0");
+            if !current {
+                if lag0 {
+                    behind_with_lag_0 += 1;
+                } else {
+                    behind_with_lag += 1;
+                }
+            }
+            done &= current && lag0;
+            last.push(answer);
+        }
+        if done {
+            for (client, answer) in CLIENTS.iter().zip(&last) {
+                check_answer(
+                    answer,
+                    &model,
+                    client,
+                    &format!("{client} after live updates"),
+                );
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "live updates not visible within {LIVE_DEADLINE:?}; OC-TOMA answers\n{}\nexpected\n{}",
+            last[0].text(),
+            model.body(CLIENTS[0], None)
+        );
+        tokio::time::sleep(STEP).await;
+    }
+    eprintln!(
+        "e2e: live updates visible after {:?} (produce included); answers still behind before \
+         that: {behind_with_lag} with X-Stats-Lag > 0, {behind_with_lag_0} with X-Stats-Lag: 0",
+        t_live.elapsed()
+    );
+    let page = get(&http, format!("{}/metrics", service.base)).await;
+    check_metrics(&page.text(), &model, &all_clients, garbage);
+
+    let status = service.terminate();
+    assert!(status.is_some_and(|s| s.success()), "exit {status:?}");
+    delete_topic(&bootstrap, &topic).await;
+    eprintln!("e2e: done in {:?}", t0.elapsed());
+}
+
+/// An empty topic: ready at once, an empty answer, no `X-Stats-As-Of`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_topic_is_ready_with_no_rows() {
+    let Some(bootstrap) = bootstrap() else {
+        return;
+    };
+    let topic = format!("permit-stats-e2e-empty-{}", unique_suffix());
+    let dir = TempDir::new("permit-stats-e2e-empty");
+    let (tokens_path, tokens) = write_tokens(&dir.0, &CLIENTS);
+    create_topic(&bootstrap, &topic).await;
+
+    let http = http();
+    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0);
+    let seen = wait_ready(&mut service, &http, CLIENTS[0], &tokens[CLIENTS[0]], 0).await;
+    eprintln!(
+        "e2e empty: ready after {:?} ({} stats 503s)",
+        seen.ready_after, seen.stats_503
+    );
+    for client in CLIENTS {
+        let answer = stats(&http, &service.base, client, &tokens[client], None).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(answer.text(), r#"{"data":[]}"#);
+        assert_eq!(answer.header("x-stats-lag"), Some("0"));
+        assert_eq!(
+            answer.header("x-stats-as-of"),
+            None,
+            "no event applied: no X-Stats-As-Of"
+        );
+    }
+    let ready = get(&http, format!("{}/health/ready", service.base)).await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["ready"], true);
+
+    let status = service.terminate();
+    assert!(status.is_some_and(|s| s.success()), "exit {status:?}");
+    delete_topic(&bootstrap, &topic).await;
+}
+
+/// A few progress samples for the log: first, middle, last.
+fn sample(progress: &[(u64, u64, f64)]) -> Vec<(u64, u64, f64)> {
+    match progress.len() {
+        0..=3 => progress.to_vec(),
+        n => vec![progress[0], progress[n / 2], progress[n - 1]],
+    }
+}
