@@ -22,6 +22,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     pbjson_build::Builder::new()
         .register_descriptors(&fs::read(&descriptor_path)?)?
+        // Producers may add fields (the contract only ever adds): JSON ignores the unknown ones,
+        // as protobuf decoding does, instead of rejecting the record.
+        .ignore_unknown_fields()
         .build(&[".opscom.permits.v1"])?;
     Ok(())
 }

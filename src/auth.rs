@@ -29,7 +29,7 @@ pub enum TokenFileError {
         source: std::io::Error,
     },
     /// The file is not valid TOML of the expected shape.
-    #[error("token file is not valid: {0}")]
+    #[error("token file is not valid")]
     Parse(#[from] toml::de::Error),
     /// An entry's digest is not 64 lowercase hex digits.
     #[error("token {index} ({name:?}): sha256 must be 64 lowercase hex digits")]

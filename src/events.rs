@@ -359,6 +359,14 @@ mod tests {
     }
 
     #[test]
+    fn json_from_a_newer_producer_with_unknown_fields_still_decodes() {
+        let json =
+            br#"{"client":"C","referenceId":"r-1","futureField":{"x":1},"deleted":{"why":"n/a"}}"#;
+        let event = decode(json, Encoding::Json).expect("unknown fields are ignored");
+        assert_eq!(event.change, Change::Deleted);
+    }
+
+    #[test]
     fn bad_records_are_rejected_with_their_reason() {
         let truncated = &created().encode_to_vec()[..10];
         assert_eq!(
