@@ -1,14 +1,48 @@
-//! API tokens: the operators' token file (spec/operations.md) and the check of a presented token.
+//! API tokens: the operators' token file (spec/operations.md), the check of a presented token,
+//! and the reload of the file on SIGHUP or when it changes on disk.
 //!
-//! The file holds only SHA-256 digests, never a token in clear. A presented token is hashed and
-//! looked up by its digest; what a lookup's timing could reveal is about the digest of the
-//! attacker's own guess, never about a stored token. Tokens are never logged or echoed.
+//! The file holds only SHA-256 digests, never a token in clear. Tokens are never logged or echoed:
+//! logs name a token by its entry's `name`, and error messages about the file are stripped of
+//! anything token-shaped (see [`TokenFileError`]).
+//!
+//! # Timing
+//!
+//! A presented token is hashed and looked up by its digest in a `HashMap`, whose probe compares
+//! digests with ordinary, early-exit equality. That is enough, and a constant-time comparison
+//! (the `subtle` crate) would add nothing, because of what the timing could reveal: at most how
+//! far SHA-256 of the attacker's own guess matches a stored digest (and, since the map's hasher is
+//! keyed randomly per process, not even which stored digests its probe touched). Knowing a
+//! digest, or part of one, does not help to find a token: that takes a SHA-256 preimage of 50
+//! random letters and digits (~297 bits), and the attacker cannot steer the digest of a guess
+//! towards a target byte by byte the way a plain-text comparison would let them steer a guess.
+//! This is the same reason comparing HMACs needs constant time but looking up a hash of a
+//! high-entropy secret does not. A linear scan with `subtle::ConstantTimeEq` would cost
+//! O(tokens) per request for no gain.
+//!
+//! # Reload
+//!
+//! [`spawn_reload`] re-reads the file on SIGHUP and when a poll every second sees its size,
+//! modification time or inode change. The new set is built aside and swapped in whole through the
+//! `ArcSwap`, so a request sees the old set or the new one, never a mix; a file that does not
+//! parse keeps the old set and says why in the log. Polling was chosen over inotify (the
+//! `notify` crate): one `stat` a second costs nothing, and it also sees what inotify on the
+//! file misses: an editor or a Kubernetes ConfigMap replacing the file by a rename or a symlink
+//! swap, and files on network filesystems.
 
-use std::{collections::HashMap, fmt, path::Path};
+use std::{
+    collections::HashMap,
+    fmt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
+use arc_swap::ArcSwap;
 use rand::{Rng, distr::Alphanumeric};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 /// The permission the stats request needs.
 pub const STATS_PERMISSION: &str = "permit-create";
@@ -28,9 +62,15 @@ pub enum TokenFileError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is not valid TOML of the expected shape.
-    #[error("token file is not valid")]
-    Parse(#[from] toml::de::Error),
+    /// The file is not valid TOML of the expected shape. The message never quotes the file:
+    /// TOML's own would show the offending line, and a token pasted there by mistake with it.
+    #[error("token file is not valid: line {line}: {message}")]
+    Parse {
+        /// 1-based line of the problem (0 when unknown).
+        line: usize,
+        /// What is wrong, with token-shaped text replaced by `[redacted]`.
+        message: String,
+    },
     /// An entry's digest is not 64 lowercase hex digits.
     #[error("token {index} ({name:?}): sha256 must be 64 lowercase hex digits")]
     Digest {
@@ -68,6 +108,28 @@ struct Grant {
     client: Box<str>,
     name: Box<str>,
     stats: bool,
+    /// Added in memory (the demo token), not read from the file: kept across reloads.
+    pinned: bool,
+}
+
+/// A token's identity for per-token accounting (the rate limit): its SHA-256 digest, never the
+/// token itself.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenKey([u8; 32]);
+
+impl fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenKey(..)")
+    }
+}
+
+/// A token that may read the stats of the client it was checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Authorized<'a> {
+    /// The entry's name, for logs.
+    pub name: &'a str,
+    /// Its key for per-token accounting.
+    pub key: TokenKey,
 }
 
 /// The set of accepted tokens, keyed by digest.
@@ -96,14 +158,17 @@ impl Tokens {
 
     /// Parses and validates the text of a token file.
     pub fn parse(text: &str) -> Result<Self, TokenFileError> {
-        let file: TokenFile = toml::from_str(text)?;
+        let file: TokenFile = toml::from_str(text).map_err(|e| TokenFileError::Parse {
+            line: e.span().map_or(0, |span| line_of(text, span.start)),
+            message: redact(e.message()),
+        })?;
         let mut tokens = Self::default();
         for (i, entry) in file.tokens.into_iter().enumerate() {
             let digest = parse_digest(&entry.sha256).ok_or_else(|| TokenFileError::Digest {
                 index: i + 1,
                 name: entry.name.clone(),
             })?;
-            tokens.insert(digest, &entry);
+            tokens.insert(digest, &entry, false);
         }
         Ok(tokens)
     }
@@ -116,18 +181,27 @@ impl Tokens {
             permissions: vec![STATS_PERMISSION.into()],
             sha256: String::new(),
         };
-        self.insert(digest(token), &entry);
+        self.insert(digest(token), &entry, true);
     }
 
-    fn insert(&mut self, digest: [u8; 32], entry: &TokenEntry) {
+    fn insert(&mut self, digest: [u8; 32], entry: &TokenEntry, pinned: bool) {
         self.grants.insert(
             digest,
             Grant {
                 client: entry.client.as_str().into(),
                 name: entry.name.as_str().into(),
                 stats: entry.permissions.iter().any(|p| p == STATS_PERMISSION),
+                pinned,
             },
         );
+    }
+
+    /// Carries the in-memory tokens of `previous` (the demo token) over into this set, so that a
+    /// reload of the file does not drop them.
+    fn keep_pinned(&mut self, previous: &Self) {
+        for (digest, grant) in previous.grants.iter().filter(|(_, grant)| grant.pinned) {
+            self.grants.entry(*digest).or_insert_with(|| grant.clone());
+        }
     }
 
     /// Number of tokens.
@@ -143,11 +217,193 @@ impl Tokens {
     /// The name of the token if it may read `client`'s stats; `None` for an unknown token, one
     /// without `permit-create`, or one of another client (one answer for all: no oracle).
     pub fn authorize_stats(&self, token: &str, client: &str) -> Option<&str> {
-        self.grants
-            .get(&digest(token))
-            .filter(|grant| grant.stats && &*grant.client == client)
-            .map(|grant| &*grant.name)
+        self.authorize(token, client).map(|grant| grant.name)
     }
+
+    /// Like [`Tokens::authorize_stats`], with the token's key for per-token accounting.
+    pub fn authorize(&self, token: &str, client: &str) -> Option<Authorized<'_>> {
+        let digest = digest(token);
+        self.grants
+            .get(&digest)
+            .filter(|grant| grant.stats && &*grant.client == client)
+            .map(|grant| Authorized {
+                name: &grant.name,
+                key: TokenKey(digest),
+            })
+    }
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()
+        .iter()
+        .take(offset)
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Replaces every run of 20 or more token-alphabet characters (letters, digits, dashes) by
+/// `[redacted]`: tokens are 50 of them and digests 64, while the field names and short values
+/// that make an error message useful are shorter.
+fn redact(message: &str) -> String {
+    const MIN_RUN: usize = 20;
+    let token_char = |c: char| c.is_ascii_alphanumeric() || c == '-';
+    let mut out = String::with_capacity(message.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.chars().count() >= MIN_RUN {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in message.chars() {
+        if token_char(c) {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+/// What the token file looked like on disk when it was last read; a change of any part means
+/// it was written or replaced since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    device: u64,
+    inode: u64,
+}
+
+impl FileStamp {
+    /// The file's stamp; `None` when it cannot be read (missing, no permission).
+    fn of(path: &Path) -> Option<Self> {
+        // `metadata` follows symlinks, so a swapped link target counts as a change.
+        let meta = std::fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let (device, inode) = {
+            use std::os::unix::fs::MetadataExt as _;
+            (meta.dev(), meta.ino())
+        };
+        #[cfg(not(unix))]
+        let (device, inode) = (0, 0);
+        Some(Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            device,
+            inode,
+        })
+    }
+}
+
+/// Keeps a shared token set in step with the token file.
+pub struct Reloader {
+    path: PathBuf,
+    tokens: Arc<ArcSwap<Tokens>>,
+    seen: Option<FileStamp>,
+}
+
+impl Reloader {
+    /// Watches `path`, whose contents `tokens` holds now.
+    pub fn new(path: PathBuf, tokens: Arc<ArcSwap<Tokens>>) -> Self {
+        let seen = FileStamp::of(&path);
+        Self { path, tokens, seen }
+    }
+
+    /// Whether the file looks different on disk from when it was last read.
+    pub fn changed(&self) -> bool {
+        FileStamp::of(&self.path) != self.seen
+    }
+
+    /// Reads the file again and swaps the new set in whole, keeping the in-memory tokens; on an
+    /// error the current set stays. Returns the number of tokens now accepted.
+    pub fn reload(&mut self) -> Result<usize, TokenFileError> {
+        // The stamp is taken before reading, so that a write landing during the read is seen
+        // as a change by the next poll and read again.
+        self.seen = FileStamp::of(&self.path);
+        let mut fresh = Tokens::load(&self.path)?;
+        // Only this reloader stores into `tokens`, so nothing can slip in between this load
+        // and the store below.
+        fresh.keep_pinned(&self.tokens.load());
+        let count = fresh.len();
+        self.tokens.store(Arc::new(fresh));
+        Ok(count)
+    }
+
+    fn reload_and_log(&mut self, trigger: &'static str) {
+        let path = self.path.display().to_string();
+        match self.reload() {
+            Ok(tokens) => info!(%path, trigger, tokens, "token file reloaded"),
+            Err(e) => warn!(
+                %path,
+                trigger,
+                error = %e,
+                "token file not reloaded; keeping the previous tokens"
+            ),
+        }
+    }
+}
+
+/// Reloads `tokens` from `path` on SIGHUP and, when `poll` is given, whenever a poll at that
+/// interval sees the file changed; until `cancel`. Without a path (a demo without a token file)
+/// SIGHUP is still caught, so that it does not end the process, and only logged.
+pub fn spawn_reload(
+    path: Option<PathBuf>,
+    tokens: Arc<ArcSwap<Tokens>>,
+    poll: Option<Duration>,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let mut reloader = path.map(|path| Reloader::new(path, tokens));
+    #[cfg(unix)]
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(e) => {
+            warn!("cannot listen for SIGHUP; the token file reloads only on change: {e}");
+            None
+        }
+    };
+    let mut ticks = poll.filter(|_| reloader.is_some()).map(|every| {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
+    tokio::spawn(async move {
+        loop {
+            #[cfg(unix)]
+            let hangup_received = async {
+                match &mut hangup {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup_received = std::future::pending::<Option<()>>();
+            let tick = async {
+                match &mut ticks {
+                    Some(ticks) => ticks.tick().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                Some(()) = hangup_received => match &mut reloader {
+                    Some(reloader) => reloader.reload_and_log("SIGHUP"),
+                    None => info!("SIGHUP: no token file to reload"),
+                },
+                _ = tick => {
+                    if let Some(reloader) = reloader.as_mut().filter(|r| r.changed()) {
+                        reloader.reload_and_log("file changed");
+                    }
+                }
+            }
+        }
+    })
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -226,7 +482,10 @@ mod tests {
             Err(TokenFileError::Digest { index: 1, .. })
         ));
         let typo = "[[tokens]]\nclient = \"C\"\nname = \"n\"\npermisions = []\nsha256 = \"\"\n";
-        assert!(matches!(Tokens::parse(typo), Err(TokenFileError::Parse(_))));
+        assert!(matches!(
+            Tokens::parse(typo),
+            Err(TokenFileError::Parse { line: 1.., .. })
+        ));
         assert!(matches!(
             Tokens::load(Path::new("/nonexistent/tokens.toml")),
             Err(TokenFileError::Read { .. })
@@ -236,5 +495,154 @@ mod tests {
                 .expect("an empty file has no tokens")
                 .is_empty()
         );
+    }
+    fn entry(token: &str, client: &str, name: &str) -> String {
+        entry_for(token, client, name).expect("serializable")
+    }
+
+    /// A token file in a fresh directory of its own, removed on drop.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, text: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "permit-stats-auth-{}-{name}-{}",
+                std::process::id(),
+                generate()
+            ));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let file = Self(dir.join("tokens.toml"));
+            file.write(text);
+            file
+        }
+
+        /// Replaces the file the way careful tools do: write aside, then rename over it.
+        fn write(&self, text: &str) {
+            let aside = self.0.with_extension("tmp");
+            std::fs::write(&aside, text).expect("write token file");
+            std::fs::rename(&aside, &self.0).expect("rename token file");
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    #[test]
+    fn a_reload_replaces_the_set_keeps_the_demo_token_and_survives_a_bad_file() {
+        let (old, new, demo) = (generate(), generate(), generate());
+        let file = TempFile::new("reload", &entry(&old, "C", "old"));
+        let mut tokens = Tokens::load(&file.0).expect("valid file");
+        tokens.add(&demo, "C", "demo");
+        let shared = Arc::new(ArcSwap::from_pointee(tokens));
+        let mut reloader = Reloader::new(file.0.clone(), Arc::clone(&shared));
+        assert!(!reloader.changed());
+
+        file.write(&entry(&new, "C", "new"));
+        assert!(reloader.changed(), "a rename over the file is a change");
+        assert_eq!(reloader.reload().expect("valid file"), 2);
+        assert!(!reloader.changed());
+        let now = shared.load();
+        assert_eq!(
+            now.authorize_stats(&old, "C"),
+            None,
+            "removed from the file"
+        );
+        assert_eq!(now.authorize_stats(&new, "C"), Some("new"));
+        assert_eq!(now.authorize_stats(&demo, "C"), Some("demo"));
+
+        file.write(&format!("{}\n[[tokens]\n", entry(&old, "C", "old")));
+        assert!(matches!(
+            reloader.reload(),
+            Err(TokenFileError::Parse { .. })
+        ));
+        let kept = shared.load();
+        assert_eq!(kept.authorize_stats(&new, "C"), Some("new"), "old set kept");
+        assert_eq!(kept.authorize_stats(&old, "C"), None);
+        assert_eq!(kept.authorize_stats(&demo, "C"), Some("demo"));
+        assert!(
+            !reloader.changed(),
+            "a bad file is not retried until it changes"
+        );
+
+        drop(file);
+        assert!(reloader.changed(), "a removed file is a change");
+        assert!(matches!(
+            reloader.reload(),
+            Err(TokenFileError::Read { .. })
+        ));
+        assert_eq!(shared.load().authorize_stats(&new, "C"), Some("new"));
+    }
+
+    #[test]
+    fn readers_see_the_old_set_or_the_new_one_never_a_mix() {
+        let a: Vec<String> = (0..20).map(|_| generate()).collect();
+        let b: Vec<String> = (0..20).map(|_| generate()).collect();
+        let file_of =
+            |tokens: &[String]| -> String { tokens.iter().map(|t| entry(t, "C", "t")).collect() };
+        let (file_a, file_b) = (file_of(&a), file_of(&b));
+        let file = TempFile::new("atomic", &file_a);
+        let shared = Arc::new(ArcSwap::from_pointee(
+            Tokens::load(&file.0).expect("valid file"),
+        ));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (shared, stop, a, b) =
+                    (Arc::clone(&shared), Arc::clone(&stop), a.clone(), b.clone());
+                std::thread::spawn(move || {
+                    let mut seen = [0usize; 2];
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let set = shared.load();
+                        let in_a = a.iter().filter(|t| set.authorize_stats(t, "C").is_some());
+                        let in_b = b.iter().filter(|t| set.authorize_stats(t, "C").is_some());
+                        match (in_a.count(), in_b.count()) {
+                            (20, 0) => seen[0] += 1,
+                            (0, 20) => seen[1] += 1,
+                            mix => panic!("a reader saw a mix of two token files: {mix:?}"),
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut reloader = Reloader::new(file.0.clone(), Arc::clone(&shared));
+        for round in 0..200 {
+            file.write(if round % 2 == 0 { &file_b } else { &file_a });
+            reloader.reload().expect("valid file");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for reader in readers {
+            let seen = reader.join().expect("reader saw no mix");
+            assert!(seen[0] + seen[1] > 0, "the reader ran");
+        }
+    }
+
+    #[test]
+    fn file_errors_never_quote_a_token() {
+        let token = generate();
+        for text in [
+            format!(
+                "[[tokens]]\nclient = \"C\"\nname = \"n\"\npermissions = \"{token}\"\nsha256 = \"\"\n"
+            ),
+            format!("[[tokens]]\nclient = \"C\"\n{token} = 1\n"),
+            format!(
+                "[[tokens]]\nclient = \"C\"\nname = \"n\"\npermissions = []\nsha256 = \"{token}\"\n"
+            ),
+            format!("{token}\n"),
+        ] {
+            let error = Tokens::parse(&text).expect_err("malformed");
+            let shown = format!("{error} {error:?}");
+            assert!(!shown.contains(&token), "{shown}");
+            assert!(!shown.contains(&token[..20]), "{shown}");
+        }
+        let typo = Tokens::parse("[[tokens]]\nclient = \"C\"\nname = \"n\"\npermisions = []\n")
+            .expect_err("unknown field");
+        assert!(typo.to_string().contains("permisions"), "{typo}");
+        assert!(typo.to_string().contains("line 4"), "{typo}");
     }
 }

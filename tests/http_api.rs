@@ -4,6 +4,8 @@
 //! The app runs in-process on port 0 with a projection filled directly, so these tests need no
 //! broker; what they claim is the HTTP behaviour. Kafka behaviour is in `kafka_e2e.rs`.
 
+mod common;
+
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
@@ -11,112 +13,38 @@ use std::{
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
+use common::{OTHER_CLIENT_TOKEN, READ_ONLY_TOKEN, Server, TOKEN, created};
 use permit_stats::{
-    api::{self, AppState},
-    auth::Tokens,
+    api::Limits,
     events::{Change, PermitEvent},
     ingest::IngestStatus,
     projection::Projection,
-    telemetry,
 };
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
-
-const TOKEN: &str = "test-token-OC-TOMA-0123456789";
-const OTHER_CLIENT_TOKEN: &str = "test-token-OC-OTHER";
-const READ_ONLY_TOKEN: &str = "test-token-no-permit-create";
 
 struct TestApp {
     addr: SocketAddr,
     status: Arc<IngestStatus>,
     projection: Arc<Projection>,
     http: Client,
+    _server: Server,
 }
 
-fn created(client: &str, id: &str, zone: &str, permit_type: &str, at_ms: i64) -> PermitEvent {
-    PermitEvent {
-        client: client.into(),
-        reference_id: id.into(),
-        revision: None,
-        occurred_at_ms: Some(at_ms),
-        change: Change::Created {
-            zone: zone.into(),
-            permit_type: permit_type.into(),
-        },
-    }
-}
-
-/// Starts the router on port 0 with a few permits of two clients; ready unless told otherwise.
+/// Starts the production server on port 0 with the shared fixture; ready unless told otherwise.
 async fn start(ready: bool) -> TestApp {
-    let projection = Arc::new(Projection::new());
-    let mut events = Vec::new();
-    for i in 0..4 {
-        events.push(created(
-            "OC-TOMA",
-            &format!("s{i}"),
-            "zone1",
-            "standard",
-            1_000,
-        ));
-    }
-    for i in 0..35 {
-        events.push(created("OC-TOMA", &format!("t{i}"), "zone1", "temp", 2_000));
-    }
-    events.push(created("OC-TOMA", "l1", "Lot 01", "temp", 3_000));
-    events.push(created(
-        "OC-TOMA",
-        "l2",
-        "Lot 02",
-        "validator",
-        1_795_923_044_250,
-    ));
-    events.push(created("OC-TOMA", "l3", "lot 01", "standard", 3_000));
-    events.push(created("OC-OTHER", "o1", "zone1", "standard", 3_000));
-    projection.apply_batch(&events);
-
-    let mut file = String::new();
-    for (token, client, permission) in [
-        (TOKEN, "OC-TOMA", "permit-create"),
-        (OTHER_CLIENT_TOKEN, "OC-OTHER", "permit-create"),
-        (READ_ONLY_TOKEN, "OC-TOMA", "permit-read"),
-    ] {
-        let digest = sha256_hex(token);
-        file.push_str(&format!(
-            "[[tokens]]\nclient = \"{client}\"\nname = \"{client} test\"\npermissions = [\"{permission}\"]\nsha256 = \"{digest}\"\n"
-        ));
-    }
-    let tokens = Tokens::parse(&file).expect("test token file is valid");
-
-    let status = Arc::new(IngestStatus::new());
-    if ready {
-        status.mark_ready();
-    }
-    let state = AppState {
-        projection: Arc::clone(&projection),
-        tokens: Arc::new(ArcSwap::from_pointee(tokens)),
-        status: Arc::clone(&status),
-        metrics: telemetry::metrics(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind port 0");
-    let addr = listener.local_addr().expect("bound address");
-    tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
+    let fixture = common::fixture(ready);
+    let server = common::serve(fixture.state, Limits::default()).await;
     TestApp {
-        addr,
-        status,
-        projection,
+        addr: server.addr,
+        status: fixture.status,
+        projection: fixture.projection,
         http: Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .expect("http client"),
+        _server: server,
     }
-}
-
-fn sha256_hex(token: &str) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
 impl TestApp {
@@ -229,13 +157,18 @@ async fn a_request_sees_only_its_own_clients_permits() {
         .await;
     assert_eq!(
         response.text().await.expect("body"),
-        r#"{"data":[{"type":"standard","zone":"zone1","total":"1"}]}"#
+        r#"{"data":[{"type":"only-oc-other-has-this","zone":"Lot 01","total":"1"},{"type":"standard","zone":"zone1","total":"1"}]}"#
     );
     // A valid token of a client with no permits yet: an empty answer, not an error.
-    app.projection.apply(&PermitEvent {
-        change: Change::Deleted,
-        ..created("OC-OTHER", "o1", "zone1", "standard", 4_000)
-    });
+    for (id, zone, permit_type) in [
+        ("o1", "zone1", "standard"),
+        ("o2", "Lot 01", common::OTHER_CLIENT_MARKER),
+    ] {
+        app.projection.apply(&PermitEvent {
+            change: Change::Deleted,
+            ..created("OC-OTHER", id, zone, permit_type, 4_000)
+        });
+    }
     let response = app
         .post_raw(
             "/api/OC-OTHER/v1/permits/stats",
