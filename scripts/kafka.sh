@@ -13,6 +13,9 @@
 #   scripts/kafka.sh stop [DIR]              # DIR defaults to $KAFKA_RUN_DIR; kills the broker, removes DIR
 #   scripts/kafka.sh run -- CMD [ARGS...]    # start, run CMD with KAFKA_BOOTSTRAP set, always stop;
 #                                            # exits with CMD's status (what CI uses)
+#   scripts/kafka.sh down [--kill] [DIR]     # outage: stop (SIGTERM; --kill: SIGKILL) the broker of
+#                                            # DIR, keeping its data, ports and folder
+#   scripts/kafka.sh up [DIR]                # start that broker again, same ports, same data
 #
 # Only the `export` line goes to stdout; all progress goes to stderr. DIR/env holds
 # KAFKA_BOOTSTRAP and KAFKA_RUN_DIR; DIR/kafka.log is the broker's log, DIR/kafka.pid its pid.
@@ -49,6 +52,8 @@ usage() {
 usage: eval "$(scripts/kafka.sh start [DIR])"
        scripts/kafka.sh stop [DIR]            (DIR defaults to $KAFKA_RUN_DIR)
        scripts/kafka.sh run -- CMD [ARGS...]
+       scripts/kafka.sh down [--kill] [DIR]   (DIR defaults to $KAFKA_RUN_DIR; keeps the data)
+       scripts/kafka.sh up [DIR]
 EOF
   exit 2
 }
@@ -341,11 +346,22 @@ EOF
   fi
 
   log "starting Kafka $KAFKA_VERSION on $KAFKA_BOOTSTRAP (controller 127.0.0.1:$controller_port)"
+  launch_and_wait "$dir" "$broker_port"
+
+  printf 'KAFKA_BOOTSTRAP=%s\nKAFKA_RUN_DIR=%s\n' "$KAFKA_BOOTSTRAP" "$dir" >"$dir/env"
+  trap - EXIT
+  log "broker ready on $KAFKA_BOOTSTRAP (pid $(<"$dir/kafka.pid"), run dir $dir)"
+}
+
+# Launch the broker of run folder $1 in the background (its pid into $1/kafka.pid, its output
+# appended to $1/kafka.log) and wait until it answers on port $2, or die with its log tail.
+launch_and_wait() {
+  local dir=$1 broker_port=$2 pid deadline
   # shellcheck disable=SC2086 # option strings are split on purpose
   nohup java -server $HEAP_OPTS $GC_OPTS \
     -Dlog4j2.configurationFile="$dir/log4j2.properties" \
     -cp "$LIBS_DIR/*" kafka.Kafka "$dir/server.properties" \
-    </dev/null >"$dir/kafka.log" 2>&1 &
+    </dev/null >>"$dir/kafka.log" 2>&1 &
   pid=$!
   echo "$pid" >"$dir/kafka.pid"
 
@@ -363,10 +379,60 @@ EOF
     fi
     sleep 0.25
   done
+}
 
-  printf 'KAFKA_BOOTSTRAP=%s\nKAFKA_RUN_DIR=%s\n' "$KAFKA_BOOTSTRAP" "$dir" >"$dir/env"
+# --- outages: stop the broker keeping its data and ports, start it again ----------------------
+
+# The run folder of `down`/`up`: $1 or $KAFKA_RUN_DIR, which must be one `start` set up.
+run_folder() {
+  local dir=${1:-${KAFKA_RUN_DIR:-}}
+  [[ -n $dir ]] || die "give the run folder or set KAFKA_RUN_DIR"
+  [[ -d $dir ]] || die "$dir does not exist"
+  dir=$(cd "$dir" && pwd)
+  [[ -f $dir/server.properties && -f $dir/env ]] \
+    || die "$dir does not look like a kafka.sh run folder"
+  printf '%s\n' "$dir"
+}
+
+# Stop the broker of a run folder but keep the folder, its data and its ports for `up`.
+# With --kill it is killed with SIGKILL (a crash) instead of stopped with SIGTERM.
+down_broker() {
+  local dir pid
+  if [[ ${1:-} == --kill ]]; then
+    shift
+    dir=$(run_folder "${1:-}")
+    [[ -f $dir/kafka.pid ]] || return 0
+    pid=$(<"$dir/kafka.pid")
+    if [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" \
+        && [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *kafka.Kafka*"$dir/server.properties"* ]]; then
+      log "killing broker (pid $pid) with SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      while alive "$pid"; do sleep 0.1; done
+    fi
+  else
+    dir=$(run_folder "${1:-}")
+    kill_broker "$dir"
+  fi
+  log "broker of $dir is down (data kept; \`scripts/kafka.sh up $dir\` starts it again)"
+}
+
+# Start the broker of a run folder again, on the same ports and with the same data.
+up_broker() {
+  local dir port
+  dir=$(run_folder "${1:-}")
+  if [[ -f $dir/kafka.pid ]] && alive "$(<"$dir/kafka.pid")"; then
+    die "the broker of $dir is already running"
+  fi
+  resolve_libs
+  # shellcheck disable=SC1091 # written by start_broker
+  KAFKA_BOOTSTRAP=$(. "$dir/env" && printf '%s' "$KAFKA_BOOTSTRAP")
+  port=${KAFKA_BOOTSTRAP##*:}
+  RUN_DIR=$dir
+  trap on_start_exit EXIT
+  log "starting Kafka $KAFKA_VERSION again on $KAFKA_BOOTSTRAP"
+  launch_and_wait "$dir" "$port"
   trap - EXIT
-  log "broker ready on $KAFKA_BOOTSTRAP (pid $pid, run dir $dir)"
+  log "broker ready again on $KAFKA_BOOTSTRAP (pid $(<"$dir/kafka.pid"))"
 }
 
 # --- 5. stop ----------------------------------------------------------------------------------
@@ -415,6 +481,14 @@ case ${1:-} in
   run)
     shift
     cmd_run "$@"
+    ;;
+  down)
+    shift
+    down_broker "$@"
+    ;;
+  up)
+    shift
+    up_broker "${1:-}"
     ;;
   *)
     usage

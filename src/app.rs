@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,9 @@ use crate::{
     projection::Projection,
     telemetry,
 };
+
+/// How long the consumer thread and the demo producer get to stop, beyond the grace period.
+const STOP_WAIT: Duration = Duration::from_secs(3);
 
 /// The client code of the demo's permits and token.
 pub const DEMO_CLIENT: &str = "OC-TOMA";
@@ -72,21 +75,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let projection = Arc::new(Projection::new());
     let status = Arc::new(IngestStatus::new());
-    let ingest = ingest::spawn(
+    if args.dead_letter_topic.as_deref() == Some(args.topic.as_str()) {
+        // Each copy would be read back as a bad record and copied again, forever.
+        bail!(
+            "--dead-letter-topic must differ from --topic (both are {})",
+            args.topic
+        );
+    }
+    let mut ingest = ingest::spawn(
         IngestConfig {
             brokers: brokers.clone(),
             topic: args.topic.clone(),
+            dead_letter_topic: args.dead_letter_topic.clone(),
+            metadata_every: Duration::from_secs(args.metadata_interval),
         },
         Arc::clone(&projection),
         Arc::clone(&status),
         cancel.clone(),
     )
     .context("cannot start the ingest thread")?;
-    let mut ingest = tokio::task::spawn_blocking(move || {
-        ingest
-            .join()
-            .map_err(|_| anyhow!("the ingest thread panicked"))?
-    });
+    let mut ingest_done = false;
 
     let demo_stop = Arc::new(AtomicBool::new(false));
     let demo = if args.demo {
@@ -115,9 +123,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         status,
         metrics,
     };
-    let server = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(cancel.clone().cancelled_owned())
-        .into_future();
+    // Token reload (SIGHUP, file changes) and the server's limits: see auth.rs and api.rs.
+    let poll = Some(Duration::from_secs(args.tokens_poll_interval)).filter(|p| !p.is_zero());
+    let shared_tokens = Arc::clone(&state.tokens);
+    auth::spawn_reload(args.tokens.clone(), shared_tokens, poll, cancel.clone());
+    let limits = api::Limits::from_args(&args);
+    let router = api::router_with(state, &limits);
+    let server = api::serve(listener, router, limits, cancel.clone());
     let mut server = tokio::spawn(server);
 
     let outcome = tokio::select! {
@@ -126,24 +138,48 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Ok(())
         }
         result = &mut server => Err(anyhow!("the HTTP server stopped unexpectedly: {result:?}")),
-        result = &mut ingest => Err(anyhow!("the ingest thread stopped unexpectedly: {result:?}")),
+        result = &mut ingest => {
+            ingest_done = true;
+            Err(match result {
+                Ok(Err(e)) => e.context("the ingest thread stopped"),
+                Ok(Ok(())) => anyhow!("the ingest thread stopped unexpectedly"),
+                Err(_) => anyhow!("the ingest thread panicked"),
+            })
+        }
     };
+    // The listener closes at once (new connections are refused), in-flight requests go on.
     cancel.cancel();
     demo_stop.store(true, Ordering::Relaxed);
 
+    // One deadline for the whole drain, so the exit is bounded whatever hangs: requests get the
+    // grace period, the consumer thread and the demo producer at most STOP_WAIT beyond it. A
+    // thread still running then (e.g. inside a request to an unreachable broker) ends with
+    // the process.
     let grace = Duration::from_secs(args.shutdown_grace);
-    if !server.is_finished() && tokio::time::timeout(grace, &mut server).await.is_err() {
+    let deadline = tokio::time::Instant::now() + grace;
+    if !server.is_finished()
+        && tokio::time::timeout_at(deadline, &mut server)
+            .await
+            .is_err()
+    {
         warn!(
             grace_seconds = args.shutdown_grace,
             "in-flight requests did not finish in time"
         );
         server.abort();
     }
-    if !ingest.is_finished() && tokio::time::timeout(grace, &mut ingest).await.is_err() {
+    let threads_deadline = deadline.max(tokio::time::Instant::now() + STOP_WAIT);
+    if !ingest_done
+        && tokio::time::timeout_at(threads_deadline, &mut ingest)
+            .await
+            .is_err()
+    {
         warn!("the ingest thread did not stop in time");
     }
     if let Some(demo) = demo {
-        let _ = tokio::task::spawn_blocking(move || demo.join()).await;
+        while !demo.is_finished() && tokio::time::Instant::now() < threads_deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     drop(embedded);
     if let Err(e) = &outcome {

@@ -85,6 +85,49 @@ pub struct ServeArgs {
     /// Seconds that in-flight requests get to finish after SIGTERM or Ctrl-C.
     #[arg(long, env = "PERMIT_STATS_SHUTDOWN_GRACE", default_value_t = 5)]
     pub shutdown_grace: u64,
+
+    /// Seconds a client has to send a request's head (request line and headers); also how long
+    /// an idle keep-alive connection stays open.
+    #[arg(long, env = "PERMIT_STATS_HEADER_READ_TIMEOUT",
+          default_value_t = crate::api::DEFAULT_HEADER_READ_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout: u64,
+
+    /// Seconds a client has to send a request's body once its head has arrived (408 after).
+    #[arg(long, env = "PERMIT_STATS_BODY_READ_TIMEOUT",
+          default_value_t = crate::api::DEFAULT_BODY_READ_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_read_timeout: u64,
+
+    /// Connections served at once; more wait in the listen backlog until one closes.
+    #[arg(long, env = "PERMIT_STATS_MAX_CONNECTIONS",
+          default_value_t = crate::api::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+
+    /// Per-token rate limit of the stats request, e.g. `50/s`, `3000/min` (off when absent);
+    /// excess requests get 429 with `Retry-After`.
+    #[arg(long, env = "PERMIT_STATS_RATE_LIMIT")]
+    pub rate_limit: Option<crate::api::RateLimit>,
+
+    /// Requests a token may send at once under --rate-limit (default: one period's worth).
+    #[arg(long, env = "PERMIT_STATS_RATE_LIMIT_BURST", requires = "rate_limit")]
+    pub rate_limit_burst: Option<std::num::NonZeroU32>,
+
+    /// Seconds between checks of the token file for changes (0: reload on SIGHUP only).
+    #[arg(long, env = "PERMIT_STATS_TOKENS_POLL_INTERVAL", default_value_t = 1)]
+    pub tokens_poll_interval: u64,
+
+    /// Topic that bad records are copied to, with their reason, source topic, partition and
+    /// offset in headers (none: they are only counted and logged).
+    #[arg(long, env = "PERMIT_STATS_DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
+
+    /// Seconds between reads of the topic's metadata, which pick up added partitions.
+    #[arg(long, env = "PERMIT_STATS_METADATA_INTERVAL",
+          default_value_t = crate::ingest::DEFAULT_METADATA_EVERY.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub metadata_interval: u64,
 }
 
 /// `permit-stats token`.
@@ -120,5 +163,26 @@ mod tests {
     fn serve_needs_tokens_unless_demo() {
         assert!(Cli::try_parse_from(["permit-stats", "serve"]).is_err());
         assert!(Cli::try_parse_from(["permit-stats", "serve", "--demo"]).is_ok());
+    }
+
+    #[test]
+    fn dead_letter_topic_is_off_and_metadata_is_reread_every_10_s_by_default() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["permit-stats", "serve", "--demo"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).map(|cli| cli.command) {
+                Ok(Command::Serve(args)) => Ok(args),
+                Ok(_) => panic!("parsed another subcommand"),
+                Err(e) => Err(e),
+            }
+        };
+        let args = parse(&[]).expect("valid");
+        assert_eq!(args.dead_letter_topic, None);
+        assert_eq!(args.metadata_interval, 10);
+        let args =
+            parse(&["--dead-letter-topic", "bad", "--metadata-interval", "1"]).expect("valid");
+        assert_eq!(args.dead_letter_topic.as_deref(), Some("bad"));
+        assert_eq!(args.metadata_interval, 1);
+        assert!(parse(&["--metadata-interval", "0"]).is_err());
     }
 }

@@ -9,11 +9,21 @@
 //! - Readiness is a one-way latch: the high watermarks noted at start are the target, and the
 //!   latch flips once every partition has been applied up to its mark (or reached its end).
 //! - A bad record is counted by reason, logged with its coordinates (never its payload) and
-//!   skipped; nothing a record contains can stop or crash the loop. While the broker is
-//!   unreachable the last state keeps being served and librdkafka keeps reconnecting.
+//!   skipped; nothing a record contains can stop or crash the loop. With a dead-letter topic it
+//!   is also copied there (original key, value and headers, plus [`DEAD_LETTER_HEADERS`]) by a
+//!   producer this thread owns and polls; a copy that fails is counted, never retried by
+//!   blocking, so the dead-letter topic can never stop consumption. At start the dead-letter
+//!   topic is read once so that a restart does not copy the same bad record again.
+//! - While the broker is unreachable the last state keeps being served and librdkafka keeps
+//!   reconnecting. The lag cannot be measured then (no new high watermark arrives), so it keeps
+//!   its last known value, and the outage is told separately: `waiting_for` says since when the
+//!   broker has not answered, `lag_age_seconds` grows, and so does the age of
+//!   `permit_stats_broker_last_contact_timestamp_seconds`. While records flow, their arrival is
+//!   the proof of contact; when the topic is idle a metadata request (every [`CHECK_EVERY`])
+//!   is.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -23,15 +33,18 @@ use std::{
 };
 
 use anyhow::Context as _;
-use metrics::{Counter, Gauge, counter, gauge};
+use metrics::{Counter, Gauge, Unit, counter, describe_counter, describe_gauge, gauge};
 use rdkafka::{
     ClientConfig, ClientContext, Message, Offset, Statistics, TopicPartitionList,
     config::RDKafkaLogLevel,
     consumer::{BaseConsumer, Consumer, ConsumerContext},
     error::KafkaError,
-    message::{BorrowedMessage, Headers},
+    message::{BorrowedMessage, Header, Headers, OwnedHeaders},
+    producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext},
 };
 use serde::Serialize;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -47,10 +60,45 @@ const MAX_BATCH: usize = 4096;
 const POLL_WAIT: Duration = Duration::from_millis(100);
 /// How often lag is recomputed and, while replaying, progress is logged.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
-/// How often the topic's metadata is read again, to pick up added partitions.
-const METADATA_EVERY: Duration = Duration::from_secs(10);
+/// How often the topic's metadata is read again by default, to pick up added partitions.
+pub const DEFAULT_METADATA_EVERY: Duration = Duration::from_secs(10);
 /// Timeout of one metadata or watermark request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Timeout of the contact probe: short, since it blocks the loop (and shutdown) while the
+/// broker is down.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Silence after which the broker counts as unreachable (`waiting_for` says so).
+const OUTAGE_AFTER: Duration = Duration::from_secs(3);
+/// How often a continuing outage, or a continuing wait for the topic, is logged again.
+const REMIND_EVERY: Duration = Duration::from_secs(30);
+/// How long reading the dead-letter topic at start may take before ingest goes on without it.
+const DEAD_LETTER_SCAN_DEADLINE: Duration = Duration::from_secs(30);
+/// How long pending dead-letter copies get at shutdown.
+const DEAD_LETTER_FLUSH: Duration = Duration::from_secs(2);
+
+/// Header of a dead-letter copy: why the record was rejected (the `reason` label of
+/// `permit_stats_records_rejected_total`, e.g. `malformed_json`).
+pub const HEADER_REASON: &str = "permit-stats-reason";
+/// Header of a dead-letter copy: the topic the record was read from.
+pub const HEADER_SOURCE_TOPIC: &str = "permit-stats-source-topic";
+/// Header of a dead-letter copy: the partition it was read from (decimal).
+pub const HEADER_SOURCE_PARTITION: &str = "permit-stats-source-partition";
+/// Header of a dead-letter copy: its offset in that partition (decimal).
+pub const HEADER_SOURCE_OFFSET: &str = "permit-stats-source-offset";
+/// Every header a dead-letter copy carries on top of the original record's headers.
+pub const DEAD_LETTER_HEADERS: [&str; 4] = [
+    HEADER_REASON,
+    HEADER_SOURCE_TOPIC,
+    HEADER_SOURCE_PARTITION,
+    HEADER_SOURCE_OFFSET,
+];
+
+/// Bad records copied to the dead-letter topic and acknowledged by the broker.
+pub const DEAD_LETTERED: &str = "permit_stats_dead_letter_records_total";
+/// Bad records that could not be copied to the dead-letter topic.
+pub const DEAD_LETTER_FAILURES: &str = "permit_stats_dead_letter_failures_total";
+/// Unix time ingest last heard from the broker (a record, or a metadata answer).
+pub const BROKER_LAST_CONTACT: &str = "permit_stats_broker_last_contact_timestamp_seconds";
 
 /// Where ingest reads from.
 #[derive(Debug, Clone)]
@@ -59,6 +107,10 @@ pub struct IngestConfig {
     pub brokers: String,
     /// The permit-event topic.
     pub topic: String,
+    /// Where bad records are copied, if anywhere (never the permit-event topic itself).
+    pub dead_letter_topic: Option<String>,
+    /// How often the topic's metadata is read again, to pick up added partitions.
+    pub metadata_every: Duration,
 }
 
 /// Replay progress and freshness, written by ingest and read by the API.
@@ -70,6 +122,8 @@ pub struct IngestStatus {
     replayed: AtomicU64,
     started: Instant,
     ready_after_ms: AtomicU64,
+    /// Milliseconds after `started` of the last sign of the broker; `u64::MAX` before the first.
+    last_contact_ms: AtomicU64,
     waiting_for: Mutex<Option<String>>,
 }
 
@@ -92,6 +146,11 @@ pub struct Progress {
     /// Why ingest is waiting, when it is (e.g. the broker is unreachable).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+    /// How old `lag` is: seconds since ingest last heard from the broker (a record or a metadata
+    /// answer). Stays near 0 while connected and grows while the broker is unreachable, when the
+    /// lag cannot be measured and keeps its last known value. Absent before the first contact.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag_age_seconds: Option<f64>,
 }
 
 impl Default for IngestStatus {
@@ -103,6 +162,7 @@ impl Default for IngestStatus {
             replayed: AtomicU64::new(0),
             started: Instant::now(),
             ready_after_ms: AtomicU64::new(0),
+            last_contact_ms: AtomicU64::new(u64::MAX),
             waiting_for: Mutex::new(Some("the broker's metadata".into())),
         }
     }
@@ -156,7 +216,25 @@ impl IngestStatus {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
+            lag_age_seconds: self
+                .lag_age()
+                .map(|age| (age.as_secs_f64() * 10.0).floor() / 10.0),
         }
+    }
+
+    /// Time since ingest last heard from the broker; `None` before the first contact.
+    pub fn lag_age(&self) -> Option<Duration> {
+        let at = self.last_contact_ms.load(Ordering::Relaxed);
+        (at != u64::MAX).then(|| {
+            self.started
+                .elapsed()
+                .saturating_sub(Duration::from_millis(at))
+        })
+    }
+
+    fn note_contact(&self) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last_contact_ms.store(now, Ordering::Relaxed);
     }
 
     fn set_waiting_for(&self, why: Option<String>) {
@@ -167,17 +245,26 @@ impl IngestStatus {
     }
 }
 
-/// Starts the ingest thread. It runs until `cancel` fires; an `Err` means it could not run at all
-/// (e.g. an invalid client configuration), never a bad record or an unreachable broker.
+/// Starts the ingest thread. It runs until `cancel` fires; its outcome arrives on the returned
+/// channel (closed without a value if the thread panicked). An `Err` means it could not run at
+/// all (e.g. an invalid client configuration), never a bad record or an unreachable broker.
+///
+/// A channel rather than a join handle, so that shutdown can wait for the thread with a
+/// deadline and exit anyway when a blocking broker request outlives it.
 pub fn spawn(
     config: IngestConfig,
     projection: Arc<Projection>,
     status: Arc<IngestStatus>,
     cancel: CancellationToken,
-) -> std::io::Result<thread::JoinHandle<anyhow::Result<()>>> {
+) -> std::io::Result<oneshot::Receiver<anyhow::Result<()>>> {
+    let (done, outcome) = oneshot::channel();
     thread::Builder::new()
         .name("ingest".into())
-        .spawn(move || Ingest::new(&config, projection, status)?.run(&cancel))
+        .spawn(move || {
+            let result = Ingest::new(&config, projection, status).and_then(|i| i.run(&cancel));
+            let _ = done.send(result);
+        })?;
+    Ok(outcome)
 }
 
 /// librdkafka's callbacks: logs into `tracing`, statistics into the high watermarks used for lag.
@@ -201,6 +288,7 @@ impl ClientContext for IngestContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        telemetry::record_kafka_statistics(&statistics, &self.topic);
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
@@ -241,6 +329,7 @@ struct IngestMetrics {
     rejected: HashMap<InvalidEvent, Counter>,
     last_event: Gauge,
     ready: Gauge,
+    last_contact: Gauge,
 }
 
 impl IngestMetrics {
@@ -259,6 +348,14 @@ impl IngestMetrics {
                 .collect(),
             last_event: gauge!(telemetry::LAST_EVENT_TIMESTAMP),
             ready: gauge!(telemetry::READY),
+            last_contact: {
+                describe_gauge!(
+                    BROKER_LAST_CONTACT,
+                    Unit::Seconds,
+                    "Unix time ingest last heard from the broker (a record or a metadata answer)"
+                );
+                gauge!(BROKER_LAST_CONTACT)
+            },
         }
     }
 }
@@ -266,6 +363,7 @@ impl IngestMetrics {
 struct Ingest {
     consumer: BaseConsumer<IngestContext>,
     tracker: Tracker,
+    metadata_every: Duration,
 }
 
 /// Everything but the consumer, so that a message borrowed from the consumer can be applied.
@@ -279,6 +377,21 @@ struct Tracker {
     metrics: IngestMetrics,
     newest_event_ms: Option<i64>,
     last_error: Option<String>,
+    dead_letter: Option<DeadLetter>,
+    /// Last sign of the broker: a record, or a metadata answer.
+    last_contact: Instant,
+    /// The broker's current outage, while there is one.
+    outage: Option<Outage>,
+}
+
+/// A stretch of time without an answer from the broker.
+struct Outage {
+    /// RFC 3339 time of the last answer before it.
+    since: String,
+    /// The last answer before it.
+    started: Instant,
+    /// When it was last logged.
+    told: Instant,
 }
 
 impl Ingest {
@@ -305,6 +418,10 @@ impl Ingest {
             .set("client.id", "permit-stats")
             .create_with_context(context)
             .context("cannot create the Kafka consumer")?;
+        let dead_letter = match &config.dead_letter_topic {
+            Some(topic) => Some(DeadLetter::new(&config.brokers, topic, &config.topic)?),
+            None => None,
+        };
         Ok(Self {
             consumer,
             tracker: Tracker {
@@ -317,32 +434,58 @@ impl Ingest {
                 metrics: IngestMetrics::new(),
                 newest_event_ms: None,
                 last_error: None,
+                dead_letter,
+                last_contact: Instant::now(),
+                outage: None,
             },
+            metadata_every: config.metadata_every,
         })
     }
 
     fn run(mut self, cancel: &CancellationToken) -> anyhow::Result<()> {
         self.tracker.metrics.ready.set(0.0);
         info!(topic = %self.tracker.topic, "replay starting: reading every partition from the beginning");
+        // Said once per distinct reason (and again every REMIND_EVERY), not once per attempt.
+        let mut said: Option<(String, Instant)> = None;
         while self.tracker.partitions.is_empty() {
             if cancel.is_cancelled() {
                 return Ok(());
             }
             if let Err(why) = self.assign_new_partitions() {
-                warn!(topic = %self.tracker.topic, reason = %why, "waiting for the topic");
+                if said
+                    .as_ref()
+                    .is_none_or(|(before, at)| *before != why || at.elapsed() >= REMIND_EVERY)
+                {
+                    warn!(topic = %self.tracker.topic, reason = %why, "waiting for the topic");
+                    said = Some((why.clone(), Instant::now()));
+                }
                 self.tracker.status.set_waiting_for(Some(why));
                 sleep_unless_cancelled(Duration::from_secs(1), cancel);
             }
         }
+        if said.is_some() {
+            info!(topic = %self.tracker.topic, "the topic is reachable: replaying");
+        }
         self.tracker.status.set_waiting_for(None);
         self.tracker.check_ready();
+        if let Some(dead_letter) = &mut self.tracker.dead_letter {
+            dead_letter.load_existing(cancel);
+        }
 
         let mut last_check = Instant::now();
         let mut last_metadata = Instant::now();
         let mut last_progress = (Instant::now(), 0u64);
         while !cancel.is_cancelled() {
-            self.poll_batch();
+            if self.poll_batch() {
+                self.tracker.contact();
+            }
+            if let Some(dead_letter) = &self.tracker.dead_letter {
+                dead_letter.producer.poll(Duration::ZERO);
+            }
             if last_check.elapsed() >= CHECK_EVERY {
+                if self.tracker.last_contact.elapsed() >= CHECK_EVERY {
+                    self.probe();
+                }
                 last_check = Instant::now();
                 if !self.tracker.status.is_ready() {
                     self.tracker.advance_to_positions(&self.consumer);
@@ -352,15 +495,31 @@ impl Ingest {
                 }
                 self.tracker.update_lag();
             }
-            if last_metadata.elapsed() >= METADATA_EVERY {
+            // Not during an outage: the probe already asks, and this would block longer.
+            if last_metadata.elapsed() >= self.metadata_every && self.tracker.outage.is_none() {
                 last_metadata = Instant::now();
                 if let Err(why) = self.assign_new_partitions() {
                     debug!(reason = %why, "metadata refresh failed");
                 }
             }
         }
+        if let Some(dead_letter) = &self.tracker.dead_letter {
+            dead_letter.flush();
+        }
         info!("ingest stopped");
         Ok(())
+    }
+
+    /// Asks the broker for the topic's metadata, as proof of contact while no record arrives;
+    /// declares (and later lifts) an outage in `waiting_for`.
+    fn probe(&mut self) {
+        match self
+            .consumer
+            .fetch_metadata(Some(&self.tracker.topic), PROBE_TIMEOUT)
+        {
+            Ok(_) => self.tracker.contact(),
+            Err(e) => self.tracker.no_contact(&e.to_string()),
+        }
     }
 
     /// Assigns, from the beginning, every partition of the topic not assigned yet, noting its
@@ -370,6 +529,7 @@ impl Ingest {
             .consumer
             .fetch_metadata(Some(&self.tracker.topic), REQUEST_TIMEOUT)
             .map_err(|e| format!("broker unreachable or metadata failed: {e}"))?;
+        self.tracker.contact();
         let topic = metadata
             .topics()
             .iter()
@@ -432,18 +592,21 @@ impl Ingest {
     }
 
     /// Waits for one record, then drains what is already fetched, applies it all as one batch.
-    fn poll_batch(&mut self) {
+    /// True when a record arrived (which proves the broker was reachable moments ago).
+    fn poll_batch(&mut self) -> bool {
         let tracker = &mut self.tracker;
         let Some(first) = self.consumer.poll(POLL_WAIT) else {
-            return;
+            return false;
         };
         let mut taken = 1;
+        let mut received = false;
         let mut next = Some(first);
         while let Some(result) = next {
             match result {
                 Ok(message) => {
                     tracker.take(&message);
                     tracker.last_error = None;
+                    received = true;
                 }
                 Err(e) => {
                     let text = e.to_string();
@@ -460,6 +623,7 @@ impl Ingest {
             next = self.consumer.poll(Duration::ZERO);
         }
         tracker.apply_batch();
+        received
     }
 }
 
@@ -490,8 +654,67 @@ impl Tracker {
                     reason = reason.reason(),
                     "rejected a bad record: {reason}"
                 );
+                if let Some(dead_letter) = &mut self.dead_letter {
+                    dead_letter.copy(message, reason);
+                }
             }
         }
+    }
+
+    /// The broker answered just now: lifts an outage, if one was declared.
+    fn contact(&mut self) {
+        self.last_contact = Instant::now();
+        self.status.note_contact();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.metrics.last_contact.set(now.as_secs_f64());
+        if let Some(outage) = self.outage.take() {
+            info!(
+                seconds = outage.started.elapsed().as_secs(),
+                "the broker answers again: catching up"
+            );
+            self.status.set_waiting_for(None);
+        }
+    }
+
+    /// A probe went unanswered: once the silence is long enough, says so in `waiting_for` and
+    /// the log (again every [`REMIND_EVERY`]), while the last state keeps being served.
+    fn no_contact(&mut self, error: &str) {
+        let silent = self.last_contact.elapsed();
+        if silent < OUTAGE_AFTER {
+            return;
+        }
+        let outage = match &mut self.outage {
+            None => {
+                warn!(seconds = silent.as_secs(), %error, lag = self.status.lag(),
+                    "the broker is unreachable: serving the last state, lag as last measured");
+                // A fixed point in time rather than a count of seconds: it stays true between
+                // probes.
+                let since = OffsetDateTime::now_utc() - silent;
+                let since = since
+                    .replace_nanosecond(0)
+                    .unwrap_or(since)
+                    .format(&Rfc3339)
+                    .unwrap_or_else(|_| "an unknown time".into());
+                self.outage.insert(Outage {
+                    since,
+                    started: self.last_contact,
+                    told: Instant::now(),
+                })
+            }
+            Some(outage) => {
+                if outage.told.elapsed() >= REMIND_EVERY {
+                    warn!(seconds = silent.as_secs(), %error, "the broker is still unreachable");
+                    outage.told = Instant::now();
+                }
+                outage
+            }
+        };
+        self.status.set_waiting_for(Some(format!(
+            "the broker: no answer since {} ({error}); serving the state as of then",
+            outage.since
+        )));
     }
 
     fn apply_batch(&mut self) {
@@ -603,6 +826,256 @@ impl Tracker {
     }
 }
 
+/// The dead-letter copy of bad records: one producer, created once, polled by the ingest thread.
+struct DeadLetter {
+    producer: BaseProducer<DeadLetterContext>,
+    topic: String,
+    source_topic: String,
+    brokers: String,
+    /// Source (partition, offset) of the copies found in the dead-letter topic at start; each is
+    /// removed when its record comes by again, so the set only shrinks.
+    already: HashSet<(i32, i64)>,
+    failures: Counter,
+}
+
+/// Counts the broker's verdict on every copy.
+struct DeadLetterContext {
+    delivered: Counter,
+    failures: Counter,
+}
+
+impl ClientContext for DeadLetterContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        use RDKafkaLogLevel::*;
+        match level {
+            Emerg | Alert | Critical | Error => error!(target: "librdkafka", fac, "{message}"),
+            Warning => warn!(target: "librdkafka", fac, "{message}"),
+            Notice | Info => info!(target: "librdkafka", fac, "{message}"),
+            Debug => debug!(target: "librdkafka", fac, "{message}"),
+        }
+    }
+}
+
+impl ProducerContext for DeadLetterContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, (): ()) {
+        match result {
+            Ok(_) => self.delivered.increment(1),
+            Err((error, message)) => {
+                self.failures.increment(1);
+                warn!(
+                    %error,
+                    source_partition = header_number(message, HEADER_SOURCE_PARTITION),
+                    source_offset = header_number(message, HEADER_SOURCE_OFFSET),
+                    "could not copy a bad record to the dead-letter topic"
+                );
+            }
+        }
+    }
+}
+
+impl DeadLetter {
+    fn new(brokers: &str, topic: &str, source_topic: &str) -> anyhow::Result<Self> {
+        describe_counter!(
+            DEAD_LETTERED,
+            "Bad records copied to the dead-letter topic and acknowledged by the broker"
+        );
+        describe_counter!(
+            DEAD_LETTER_FAILURES,
+            "Bad records that could not be copied to the dead-letter topic"
+        );
+        let failures = counter!(DEAD_LETTER_FAILURES);
+        failures.absolute(0);
+        let delivered = counter!(DEAD_LETTERED);
+        delivered.absolute(0);
+        let producer: BaseProducer<DeadLetterContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("client.id", "permit-stats-dead-letter")
+            // Copies in source order per key, once per send even across retries.
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "20")
+            .create_with_context(DeadLetterContext {
+                delivered,
+                failures: failures.clone(),
+            })
+            .context("cannot create the dead-letter producer")?;
+        Ok(Self {
+            producer,
+            topic: topic.to_owned(),
+            source_topic: source_topic.to_owned(),
+            brokers: brokers.to_owned(),
+            already: HashSet::new(),
+            failures,
+        })
+    }
+
+    /// Copies one bad record: its key, value and headers as they were, plus ours. Never waits:
+    /// a full queue is a counted failure, not a stall of consumption.
+    fn copy(&mut self, message: &BorrowedMessage<'_>, reason: InvalidEvent) {
+        let (partition, offset) = (message.partition(), message.offset());
+        if self.already.remove(&(partition, offset)) {
+            debug!(
+                partition,
+                offset, "bad record already in the dead-letter topic"
+            );
+            return;
+        }
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = message.headers() {
+            for header in original.iter() {
+                headers = headers.insert(Header {
+                    key: header.key,
+                    value: header.value,
+                });
+            }
+        }
+        let (partition_text, offset_text) = (partition.to_string(), offset.to_string());
+        for (key, value) in [
+            (HEADER_REASON, reason.reason()),
+            (HEADER_SOURCE_TOPIC, self.source_topic.as_str()),
+            (HEADER_SOURCE_PARTITION, partition_text.as_str()),
+            (HEADER_SOURCE_OFFSET, offset_text.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).headers(headers);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(value) = message.payload() {
+            record = record.payload(value);
+        }
+        if let Err((error, _)) = self.producer.send(record) {
+            self.failures.increment(1);
+            warn!(%error, partition, offset, "could not copy a bad record to the dead-letter topic");
+        }
+    }
+
+    /// Reads the dead-letter topic once, noting which records of the source topic are already
+    /// there, so that the replay of a restart does not copy them again. Best effort: when it
+    /// cannot finish, copies may repeat (consumers of the dead-letter topic can tell them apart
+    /// by the source headers).
+    fn load_existing(&mut self, cancel: &CancellationToken) {
+        let started = Instant::now();
+        match self.scan(cancel) {
+            Ok(found) => {
+                info!(
+                    topic = %self.topic,
+                    already = found,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "read the dead-letter topic"
+                );
+            }
+            Err(why) => warn!(
+                topic = %self.topic,
+                reason = %why,
+                "could not read the dead-letter topic; bad records already there may be copied again"
+            ),
+        }
+    }
+
+    fn scan(&mut self, cancel: &CancellationToken) -> Result<usize, String> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", "permit-stats-dead-letter-scan")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("client.id", "permit-stats-dead-letter-scan")
+            .create()
+            .map_err(|e| e.to_string())?;
+        let metadata = consumer
+            .fetch_metadata(Some(&self.topic), REQUEST_TIMEOUT)
+            .map_err(|e| e.to_string())?;
+        let Some(topic) = metadata.topics().iter().find(|t| t.name() == self.topic) else {
+            return Ok(0);
+        };
+        if topic.error().is_some() {
+            // Not created yet: nothing copied so far.
+            return Ok(0);
+        }
+        let mut ends = HashMap::new();
+        let mut assignment = TopicPartitionList::new();
+        for partition in topic.partitions() {
+            let (low, high) = consumer
+                .fetch_watermarks(&self.topic, partition.id(), REQUEST_TIMEOUT)
+                .map_err(|e| e.to_string())?;
+            if high > low {
+                ends.insert(partition.id(), high);
+                assignment
+                    .add_partition_offset(&self.topic, partition.id(), Offset::Beginning)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        if ends.is_empty() {
+            return Ok(0);
+        }
+        consumer.assign(&assignment).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + DEAD_LETTER_SCAN_DEADLINE;
+        while !ends.is_empty() {
+            if cancel.is_cancelled() || Instant::now() >= deadline {
+                return Err(format!(
+                    "not done within {} s",
+                    DEAD_LETTER_SCAN_DEADLINE.as_secs()
+                ));
+            }
+            match consumer.poll(POLL_WAIT) {
+                Some(Ok(message)) => {
+                    if header_text(&message, HEADER_SOURCE_TOPIC) == Some(&self.source_topic)
+                        && let (Some(partition), Some(offset)) = (
+                            header_number(&message, HEADER_SOURCE_PARTITION),
+                            header_number(&message, HEADER_SOURCE_OFFSET),
+                        )
+                        && let Ok(partition) = i32::try_from(partition)
+                    {
+                        self.already.insert((partition, offset));
+                    }
+                    if ends
+                        .get(&message.partition())
+                        .is_some_and(|&end| message.offset() + 1 >= end)
+                    {
+                        ends.remove(&message.partition());
+                    }
+                }
+                Some(Err(e)) => debug!(error = %e, "reading the dead-letter topic"),
+                None => {}
+            }
+        }
+        Ok(self.already.len())
+    }
+
+    /// Gives pending copies a moment at shutdown; what is still pending then counts as failed.
+    fn flush(&self) {
+        if self.producer.flush(DEAD_LETTER_FLUSH).is_err() {
+            let pending = self.producer.in_flight_count();
+            self.failures
+                .increment(u64::try_from(pending).unwrap_or_default());
+            warn!(
+                pending,
+                "dead-letter copies still pending at shutdown; counted as failed"
+            );
+        }
+    }
+}
+
+/// A header's value as text.
+fn header_text<'a, M: Message>(message: &'a M, name: &str) -> Option<&'a str> {
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// A header's value as a decimal number.
+fn header_number<M: Message>(message: &M, name: &str) -> Option<i64> {
+    header_text(message, name)?.parse().ok()
+}
+
 /// The record's `content-type` header, if any (header names compare case-insensitively).
 fn content_type<'a>(message: &'a BorrowedMessage<'_>) -> Option<&'a [u8]> {
     let headers = message.headers()?;
@@ -616,5 +1089,61 @@ fn sleep_unless_cancelled(total: Duration, cancel: &CancellationToken) {
     let deadline = Instant::now() + total;
     while !cancel.is_cancelled() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::{Timestamp, message::OwnedMessage};
+
+    use super::*;
+
+    #[test]
+    fn dead_letter_headers_are_read_back_as_written() {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: HEADER_SOURCE_TOPIC,
+                value: Some("opscom.permits.v1"),
+            })
+            .insert(Header {
+                key: HEADER_SOURCE_OFFSET,
+                value: Some("1234567890123"),
+            })
+            .insert(Header {
+                key: HEADER_SOURCE_PARTITION,
+                value: Some("not a number"),
+            });
+        let message = OwnedMessage::new(
+            None,
+            None,
+            "dead".into(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            Some(headers),
+        );
+        assert_eq!(
+            header_text(&message, HEADER_SOURCE_TOPIC),
+            Some("opscom.permits.v1")
+        );
+        assert_eq!(
+            header_number(&message, HEADER_SOURCE_OFFSET),
+            Some(1_234_567_890_123)
+        );
+        assert_eq!(header_number(&message, HEADER_SOURCE_PARTITION), None);
+        assert_eq!(header_text(&message, HEADER_REASON), None);
+    }
+
+    #[test]
+    fn lag_age_is_absent_before_the_first_contact_and_small_after_it() {
+        let status = IngestStatus::new();
+        assert_eq!(status.lag_age(), None);
+        let json = serde_json::to_value(status.progress()).expect("serializes");
+        assert!(json.get("lag_age_seconds").is_none(), "{json}");
+        status.note_contact();
+        let age = status.lag_age().expect("contact noted");
+        assert!(age < Duration::from_secs(1), "{age:?}");
+        let json = serde_json::to_value(status.progress()).expect("serializes");
+        assert!(json["lag_age_seconds"].as_f64().is_some(), "{json}");
     }
 }

@@ -5,7 +5,9 @@
 //! the projection must agree with it on every event's outcome, on the counters, and on the exact
 //! response bodies, whatever the chunking of batches, replays and redeliveries.
 //!
-//! Cases: 512 per property; set `PROPTEST_CASES` to change that.
+//! Cases: 512 per property on streams of up to 300 events; set `PROPTEST_CASES` to change that.
+//! One more property runs long streams (2,000 events over ~150 permits, checked after every
+//! batch) with fewer cases: 48, or `PROPTEST_LONG_CASES`.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -43,6 +45,15 @@ const IDS: [&str; 8] = [
 const ZONES: [&str; 4] = ["Lot 1", "lot 1", "Lot \"2\"", "Zoné"];
 
 const TYPES: [&str; 3] = ["standard", "temp", "validator"];
+
+/// Permits of the long streams beyond [`IDS`]: plain codes `p-000`...
+const EXTRA_IDS: usize = 48;
+
+/// The reference id of index `i`: one of [`IDS`], or a plain code beyond them.
+fn id_name(i: usize) -> String {
+    IDS.get(i)
+        .map_or_else(|| format!("p-{:03}", i - IDS.len()), |id| (*id).to_owned())
+}
 
 /// Names a zone filter may carry that no event ever uses.
 const UNKNOWN_ZONES: [&str; 2] = ["Lot 9", "LOT 1"];
@@ -285,7 +296,7 @@ impl Op {
         };
         PermitEvent {
             client: CLIENTS[self.client].into(),
-            reference_id: IDS[self.id].into(),
+            reference_id: id_name(self.id),
             revision: self.revision,
             occurred_at_ms: None,
             change,
@@ -378,9 +389,14 @@ fn revision_strategy() -> impl Strategy<Value = RevisionGen> {
 }
 
 fn step_strategy() -> impl Strategy<Value = RawStep> {
+    step_strategy_over(IDS.len())
+}
+
+/// Steps over the first `ids` reference ids (see [`id_name`]).
+fn step_strategy_over(ids: usize) -> impl Strategy<Value = RawStep> {
     (
         0..CLIENTS.len(),
-        0..IDS.len(),
+        0..ids,
         revision_strategy(),
         change_strategy(),
         proptest::option::weighted(0.1, any::<Index>()),
@@ -432,6 +448,14 @@ fn stream_strategy() -> impl Strategy<Value = Stream> {
     proptest::collection::vec(step_strategy(), 0..=300).prop_map(resolve)
 }
 
+/// Up to 2,000 events over 3 clients x 56 ids: long enough for deep revision histories, tombstones
+/// revived and re-deleted, and many permits live at once.
+fn long_stream_strategy() -> impl Strategy<Value = Stream> {
+    // A range down to 1, so that a failure shrinks to a short stream.
+    proptest::collection::vec(step_strategy_over(IDS.len() + EXTRA_IDS), 1..=2_000)
+        .prop_map(resolve)
+}
+
 /// A zone filter: indexes into `ZONES` then `UNKNOWN_ZONES`; duplicates and the empty list allowed.
 fn filter_strategy() -> impl Strategy<Value = Vec<usize>> {
     proptest::collection::vec(0..ZONES.len() + UNKNOWN_ZONES.len(), 0..=6)
@@ -445,6 +469,20 @@ fn filter_names(filter: &[usize]) -> Vec<&'static str> {
             None => UNKNOWN_ZONES[i - ZONES.len()],
         })
         .collect()
+}
+
+fn long_config() -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_LONG_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(48),
+        // Shrinking a 2,000-event stream is slow; this bounds it while still ending at a short,
+        // readable stream in practice.
+        max_shrink_iters: 4_096,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
 }
 
 fn config() -> ProptestConfig {
@@ -613,6 +651,47 @@ proptest! {
                 None => prop_assert!(rows.is_empty(), "client {} has no view", client),
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(long_config())]
+
+    /// Property 6: long streams, applied in batches of random sizes; after every batch every
+    /// client's counters and body equal the model's at that point, and the outcomes add up.
+    #[test]
+    fn long_streams_match_the_model_after_every_batch(
+        stream in long_stream_strategy(),
+        sizes in proptest::collection::vec(1usize..=400, 1..=12),
+    ) {
+        let events = stream.events();
+        let p = Projection::new();
+        let mut model = Model::default();
+        let mut expected = Tally::default();
+        let mut total = Tally::default();
+        let mut done = 0;
+        for &size in sizes.iter().cycle() {
+            if done == events.len() {
+                break;
+            }
+            let chunk = &events[done..(done + size).min(events.len())];
+            let outcomes: Vec<Outcome> = chunk.iter().map(|e| model.apply(e)).collect();
+            let want = tally_of(outcomes);
+            let got = p.apply_batch(chunk);
+            for i in 0..3 {
+                expected.applied[i] += want.applied[i];
+                expected.skipped[i] += want.skipped[i];
+                total.applied[i] += got.applied[i];
+                total.skipped[i] += got.skipped[i];
+            }
+            done += chunk.len();
+            prop_assert_eq!(total, expected, "outcomes after event #{}", done - 1);
+            check_against_model(&p, &model).map_err(|e| {
+                TestCaseError::fail(format!("after event #{}: {e}", done - 1))
+            })?;
+        }
+        // Deep histories really happened: the stream is not all orphans.
+        prop_assert!(expected.applied.iter().sum::<u64>() > 0);
     }
 }
 
