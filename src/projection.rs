@@ -3,19 +3,27 @@
 //!
 //! Two halves with one owner each:
 //! - the *write side* (behind a mutex that only ingest takes): interned names, the per-permit state
-//!   (reference id -> bucket, revision, tombstone) that makes duplicates, moves, orphans and stale
+//!   (reference id -> counter, revision, tombstone) that makes duplicates, moves, orphans and stale
 //!   revisions exact, and the counters;
 //! - the *read side*: a `DashMap` from client code to an `Arc<ClientView>`, replaced whole when a
-//!   batch changed that client. A view holds the client's counters sorted by zone then type and the
-//!   exact response body, so a stats request is a lookup and a cheap clone of bytes, and no answer
-//!   ever mixes two states of one permit move.
+//!   batch changed that client. A view holds the exact response body, so a stats request is a
+//!   lookup and a cheap clone of bytes, and no answer ever mixes two states of one permit move.
+//!
+//! Sized for millions of permits (numbers in BENCHMARKS.md): a permit with a canonical UUID id costs
+//! one 28-byte slot of its client's hash table (the UUID's 16 bytes, a 64-bit revision and a
+//! 32-bit counter id, which is also the tombstone mark): measured 62 bytes resident per permit at
+//! 1M permits and 49 at 10M, the table's control bytes and growth slack included. Names are
+//! interned once; counters are indexed by id, so an event costs one probe of the permit table and
+//! no allocation. Publishing a client re-sorts its rows only when a row was added, and copies each
+//! row's pre-encoded JSON.
 //!
 //! Pure and synchronous: no tokio, rdkafka or axum here.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
+    hash::Hash,
     ops::Range,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, OnceLock, PoisonError},
 };
 
 use bytes::Bytes;
@@ -126,30 +134,75 @@ pub struct Row {
 /// One client's published state: immutable, replaced whole when a batch changes it.
 #[derive(Debug)]
 pub struct ClientView {
-    /// Every (zone, type) this client ever had, zeros included (a gauge falls to 0, not away),
-    /// sorted by zone then type in byte order.
-    counters: Vec<Row>,
-    /// `{"data":[...]}` with one row per non-zero counter, in the order of `counters`.
+    /// Every (zone, type) this client ever had, sorted by zone then type in byte order; shared
+    /// by the client's views until a row is added.
+    layout: Arc<Layout>,
+    /// The total of each row of `layout`, zeros included.
+    totals: Vec<u64>,
+    /// `{"data":[...]}` with one row per non-zero counter, in the order of `layout`.
     body: Bytes,
-    /// Where each zone's rows sit in `body`: a contiguous run, commas between rows included.
-    zone_rows: FastMap<Arc<str>, Range<usize>>,
+    /// Per zone of `layout.zones`: where its rows sit in `body` (a contiguous run, commas between
+    /// rows included), empty when none of them is non-zero.
+    zone_runs: Vec<Range<u32>>,
     /// Newest event time applied to this client, in milliseconds since the Unix epoch.
     as_of_ms: Option<i64>,
+    /// `as_of_ms` as RFC 3339 text, formatted once per publish rather than once per request.
+    as_of_rfc3339: Option<Bytes>,
+    /// The rows with their names, made on first use (by the scrape-time gauges), not per publish.
+    rows: OnceLock<Vec<Row>>,
+}
+
+/// A client's rows in answer order, and its zones.
+#[derive(Debug, Default)]
+struct Layout {
+    /// Per row: its zone (an index into `zone_names`), its type name, and its JSON up to the total.
+    rows: Vec<LayoutRow>,
+    /// The distinct zones, in order.
+    zone_names: Vec<Arc<str>>,
+    /// Zone name -> index into `zone_names`.
+    zone_index: FastMap<Arc<str>, u32>,
+}
+
+#[derive(Debug)]
+struct LayoutRow {
+    counter: CounterId,
+    zone: u32,
+    permit_type: Arc<str>,
+    /// `{"type":"..","zone":"..","total":"`: everything of the row before the number.
+    prefix: Box<[u8]>,
 }
 
 const BODY_START: &[u8] = br#"{"data":["#;
 const BODY_END: &[u8] = b"]}";
 const EMPTY_BODY: &[u8] = br#"{"data":[]}"#;
+const ROW_END: &[u8] = br#""}"#;
 
 impl ClientView {
     /// Every counter of this client, zeros included, sorted by zone then type.
     pub fn counters(&self) -> &[Row] {
-        &self.counters
+        self.rows.get_or_init(|| {
+            self.layout
+                .rows
+                .iter()
+                .zip(&self.totals)
+                .map(|(row, &total)| Row {
+                    zone: Arc::clone(&self.layout.zone_names[row.zone as usize]),
+                    permit_type: Arc::clone(&row.permit_type),
+                    total,
+                })
+                .collect()
+        })
     }
 
     /// Newest event time applied to this client, in milliseconds since the Unix epoch.
     pub fn as_of_ms(&self) -> Option<i64> {
         self.as_of_ms
+    }
+
+    /// [`Self::as_of_ms`] as RFC 3339 text (UTC, e.g. `2026-11-29T03:30:44.25Z`): the
+    /// `X-Stats-As-Of` header, ready to hand out without formatting or copying.
+    pub fn as_of_rfc3339(&self) -> Option<Bytes> {
+        self.as_of_rfc3339.clone()
     }
 
     /// The stats response body: every zone when `zones` is `None`, else only the named zones
@@ -158,19 +211,31 @@ impl ClientView {
         let Some(zones) = zones else {
             return self.body.clone();
         };
-        let mut runs: Vec<Range<usize>> = zones
-            .iter()
-            .filter_map(|zone| self.zone_rows.get(*zone).cloned())
-            .collect();
-        if runs.is_empty() {
-            return Bytes::from_static(EMPTY_BODY);
+        // Zone indexes follow the answer's order, so sorting them sorts the runs.
+        let mut picked: Vec<u32> = Vec::with_capacity(zones.len());
+        for zone in zones {
+            if let Some(&index) = self.layout.zone_index.get(*zone)
+                && !self.zone_runs[index as usize].is_empty()
+            {
+                picked.push(index);
+            }
         }
-        runs.sort_unstable_by_key(|run| run.start);
-        runs.dedup();
-        let len = runs.iter().map(|run| run.len() + 1).sum::<usize>() + BODY_START.len();
-        let mut out = Vec::with_capacity(len + BODY_END.len());
+        match picked.len() {
+            0 => return Bytes::from_static(EMPTY_BODY),
+            1 => {}
+            _ => {
+                picked.sort_unstable();
+                picked.dedup();
+            }
+        }
+        let runs = picked.iter().map(|&i| {
+            let run = &self.zone_runs[i as usize];
+            run.start as usize..run.end as usize
+        });
+        let len: usize = runs.clone().map(|run| run.len() + 1).sum();
+        let mut out = Vec::with_capacity(BODY_START.len() + len + BODY_END.len());
         out.extend_from_slice(BODY_START);
-        for (i, run) in runs.into_iter().enumerate() {
+        for (i, run) in runs.enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -180,45 +245,108 @@ impl ClientView {
         Bytes::from(out)
     }
 
-    fn build(mut counters: Vec<Row>, as_of_ms: Option<i64>) -> Self {
-        counters.sort_unstable_by(|a, b| {
-            (a.zone.as_bytes(), a.permit_type.as_bytes())
-                .cmp(&(b.zone.as_bytes(), b.permit_type.as_bytes()))
-        });
-        let mut body = Vec::with_capacity(BODY_START.len() + counters.len() * 48);
+    /// Encodes the client's current totals along its layout.
+    fn build(layout: Arc<Layout>, counters: &[Counter], as_of_ms: Option<i64>) -> Self {
+        let totals: Vec<u64> = layout
+            .rows
+            .iter()
+            .map(|row| counters[row.counter as usize].total)
+            .collect();
+        let mut zone_runs = vec![0..0; layout.zone_names.len()];
+        let mut body = Vec::with_capacity(
+            BODY_START.len()
+                + BODY_END.len()
+                + layout
+                    .rows
+                    .iter()
+                    .zip(&totals)
+                    .filter(|(_, total)| **total > 0)
+                    .map(|(row, _)| row.prefix.len() + 24)
+                    .sum::<usize>(),
+        );
         body.extend_from_slice(BODY_START);
-        let mut zone_rows: FastMap<Arc<str>, Range<usize>> = FastMap::default();
-        for row in counters.iter().filter(|row| row.total > 0) {
+        let mut digits = itoa::Buffer::new();
+        for (row, &total) in layout.rows.iter().zip(&totals) {
+            if total == 0 {
+                continue;
+            }
             if body.len() > BODY_START.len() {
                 body.push(b',');
             }
-            let start = body.len();
-            write_row(&mut body, row);
+            let start = body.len() as u32;
+            body.extend_from_slice(&row.prefix);
+            body.extend_from_slice(digits.format(total).as_bytes());
+            body.extend_from_slice(ROW_END);
             // Rows are sorted by zone, so each zone's rows form one run.
-            zone_rows
-                .entry(Arc::clone(&row.zone))
-                .and_modify(|run| run.end = body.len())
-                .or_insert(start..body.len());
+            let run = &mut zone_runs[row.zone as usize];
+            if run.start == run.end {
+                *run = start..body.len() as u32;
+            } else {
+                run.end = body.len() as u32;
+            }
         }
         body.extend_from_slice(BODY_END);
         Self {
-            counters,
+            layout,
+            totals,
             body: Bytes::from(body),
-            zone_rows,
+            zone_runs,
             as_of_ms,
+            as_of_rfc3339: as_of_ms.and_then(rfc3339),
+            rows: OnceLock::new(),
         }
     }
 }
 
-/// `{"type":"..","zone":"..","total":"N"}`: the vendor's key order, the total as a string.
-fn write_row(out: &mut Vec<u8>, row: &Row) {
-    out.extend_from_slice(br#"{"type":"#);
-    write_json_string(out, &row.permit_type);
-    out.extend_from_slice(br#","zone":"#);
-    write_json_string(out, &row.zone);
-    out.extend_from_slice(br#","total":""#);
-    out.extend_from_slice(itoa::Buffer::new().format(row.total).as_bytes());
-    out.extend_from_slice(br#""}"#);
+impl Layout {
+    /// The layout of `ids`: sorted by zone then type in byte order, each row's JSON prefix encoded
+    /// once.
+    fn new(ids: &[CounterId], counters: &[Counter], zones: &Interner, types: &Interner) -> Self {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable_by(|&a, &b| {
+            let (a, b) = (&counters[a as usize], &counters[b as usize]);
+            (
+                zones.name(a.zone).as_bytes(),
+                types.name(a.permit_type).as_bytes(),
+            )
+                .cmp(&(
+                    zones.name(b.zone).as_bytes(),
+                    types.name(b.permit_type).as_bytes(),
+                ))
+        });
+        let mut layout = Self::default();
+        for id in ids {
+            let counter = &counters[id as usize];
+            let zone_name = zones.name(counter.zone);
+            let permit_type = types.name(counter.permit_type);
+            if layout.zone_names.last() != Some(zone_name) {
+                let index = layout.zone_names.len() as u32;
+                layout.zone_names.push(Arc::clone(zone_name));
+                layout.zone_index.insert(Arc::clone(zone_name), index);
+            }
+            let mut prefix = Vec::with_capacity(32 + zone_name.len() + permit_type.len());
+            prefix.extend_from_slice(br#"{"type":"#);
+            write_json_string(&mut prefix, permit_type);
+            prefix.extend_from_slice(br#","zone":"#);
+            write_json_string(&mut prefix, zone_name);
+            prefix.extend_from_slice(br#","total":""#);
+            layout.rows.push(LayoutRow {
+                counter: id,
+                zone: layout.zone_names.len() as u32 - 1,
+                permit_type: Arc::clone(permit_type),
+                prefix: prefix.into_boxed_slice(),
+            });
+        }
+        layout
+    }
+}
+
+fn rfc3339(ms: i64) -> Option<Bytes> {
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
+    let text = at
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()?;
+    Some(Bytes::from(text))
 }
 
 fn write_json_string(out: &mut Vec<u8>, value: &str) {
@@ -269,7 +397,7 @@ impl Projection {
         let Some(view) = self.view(client) else {
             return Vec::new();
         };
-        view.counters
+        view.counters()
             .iter()
             .filter(|row| row.total > 0)
             .filter(|row| zones.is_none_or(|zones| zones.contains(&&*row.zone)))
@@ -291,7 +419,11 @@ impl Projection {
 
     /// Permits known to the write side (live ones and tombstones that carry a revision).
     pub fn tracked_permits(&self) -> usize {
-        self.lock().permits.len()
+        self.lock()
+            .permits
+            .iter()
+            .map(|p| p.uuids.len() + p.texts.len())
+            .sum()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
@@ -302,67 +434,81 @@ impl Projection {
 
 type ClientId = u32;
 type NameId = u32;
+type CounterId = u32;
 
-/// A permit's identity: canonical lowercase UUIDs (the vendor's ids in practice) are kept as 16
-/// bytes, anything else as text. The two forms never collide, since only canonical text is
-/// compacted.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum RefId {
-    Uuid([u8; 16]),
-    Text(Box<str>),
-}
+/// A canonical lowercase UUID (the vendor's ids in practice), as its 16 bytes. Any other id is kept
+/// as text; the two never collide, since only canonical text is compacted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Uuid([u8; 16]);
 
-impl RefId {
-    fn new(id: &str) -> Self {
-        parse_canonical_uuid(id).map_or_else(|| Self::Text(id.into()), Self::Uuid)
+impl Hash for Uuid {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // One 128-bit write instead of a length-prefixed slice.
+        state.write_u128(u128::from_ne_bytes(self.0));
     }
 }
 
-fn parse_canonical_uuid(id: &str) -> Option<[u8; 16]> {
-    let bytes = id.as_bytes();
-    if bytes.len() != 36 {
+fn parse_canonical_uuid(id: &str) -> Option<Uuid> {
+    /// Where each byte's two digits start in `8-4-4-4-12` text.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    let bytes: &[u8; 36] = id.as_bytes().try_into().ok()?;
+    if bytes[8] != b'-' || bytes[13] != b'-' || bytes[18] != b'-' || bytes[23] != b'-' {
         return None;
     }
+    // Branch-free: any byte outside `0-9a-f` sets a high bit in `bad`.
     let mut out = [0u8; 16];
-    let mut nibbles = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            if b != b'-' {
-                return None;
-            }
-            continue;
-        }
-        let value = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            _ => return None,
-        };
-        out[nibbles / 2] |= value << (4 * (1 - nibbles % 2));
-        nibbles += 1;
+    let mut bad = 0u8;
+    for (slot, at) in out.iter_mut().zip(AT) {
+        let (hi, lo) = (HEX[bytes[at] as usize], HEX[bytes[at + 1] as usize]);
+        bad |= hi | lo;
+        *slot = (hi << 4) | (lo & 0x0f);
     }
-    Some(out)
+    (bad & 0xf0 == 0).then_some(Uuid(out))
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct PermitKey {
-    client: ClientId,
-    id: RefId,
-}
+/// The value of each lowercase hex digit; 0xff for every other byte.
+const HEX: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut d = 0;
+    while d < 10 {
+        table[b'0' as usize + d] = d as u8;
+        d += 1;
+    }
+    let mut x = 0;
+    while x < 6 {
+        table[b'a' as usize + x] = 10 + x as u8;
+        x += 1;
+    }
+    table
+};
 
-/// A permit's state: its bucket while live, and the newest applied revision (0 = none). A deleted
-/// permit stays as a tombstone only while it has a revision to guard; without one it is forgotten,
-/// which rules 1-4 treat exactly like a deleted permit.
+/// A permit's state in 12 bytes: its counter while live (`NOT_LIVE` once deleted), and the newest
+/// applied revision (0 = none), split in two halves so the slot needs only 4-byte alignment. A
+/// deleted permit stays as a tombstone only while it has a revision to guard; without one it is
+/// forgotten, which rules 1-4 treat exactly like a deleted permit.
 #[derive(Debug, Clone, Copy)]
 struct PermitState {
-    revision: u64,
-    bucket: Bucket,
-    live: bool,
+    revision: [u32; 2],
+    counter: CounterId,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Bucket {
-    zone: NameId,
-    permit_type: NameId,
+const NOT_LIVE: CounterId = CounterId::MAX;
+
+impl PermitState {
+    fn new(revision: u64, counter: Option<CounterId>) -> Self {
+        Self {
+            revision: [revision as u32, (revision >> 32) as u32],
+            counter: counter.unwrap_or(NOT_LIVE),
+        }
+    }
+
+    fn revision(self) -> u64 {
+        u64::from(self.revision[0]) | (u64::from(self.revision[1]) << 32)
+    }
+
+    fn live(self) -> Option<CounterId> {
+        (self.counter != NOT_LIVE).then_some(self.counter)
+    }
 }
 
 #[derive(Default)]
@@ -388,167 +534,276 @@ impl Interner {
     }
 }
 
+/// The live permits of one (client, zone, type).
+#[derive(Debug)]
+struct Counter {
+    zone: NameId,
+    permit_type: NameId,
+    total: u64,
+}
+
+/// One client's permits: UUID ids compacted, any other id as text.
 #[derive(Default)]
-struct ClientCounters {
-    counts: FastMap<Bucket, u64>,
+struct ClientPermits {
+    uuids: FastMap<Uuid, PermitState>,
+    texts: FastMap<Box<str>, PermitState>,
+}
+
+/// One client's counters and publishing state.
+#[derive(Default)]
+struct ClientState {
+    /// This client's counters, in creation order.
+    counters: Vec<CounterId>,
+    /// The answer order of `counters`; `None` after a counter was added, until the next publish.
+    layout: Option<Arc<Layout>>,
     as_of_ms: Option<i64>,
     dirty: bool,
 }
 
+/// Everything an event may change besides its permit's own slot.
 #[derive(Default)]
-struct Writer {
+struct Tables {
     clients: Interner,
     zones: Interner,
     types: Interner,
-    counters: Vec<ClientCounters>,
-    permits: FastMap<PermitKey, PermitState>,
+    states: Vec<ClientState>,
+    counters: Vec<Counter>,
+    counter_ids: FastMap<(ClientId, NameId, NameId), CounterId>,
     dirty: Vec<ClientId>,
+    /// The client of the previous event: consecutive events of one client skip the name lookup.
+    last_client: Option<ClientId>,
+}
+
+#[derive(Default)]
+struct Writer {
+    tables: Tables,
+    /// Per client, indexed like `tables.states`.
+    permits: Vec<ClientPermits>,
+}
+
+/// What an event does to its permit's slot.
+enum Step {
+    Skip(SkipReason),
+    /// Store this state (`None`: forget the permit).
+    Store(Option<PermitState>, Kind),
 }
 
 impl Writer {
     fn apply(&mut self, event: &PermitEvent) -> Outcome {
-        let client = self.clients.intern(&event.client);
-        if client as usize == self.counters.len() {
-            self.counters.push(ClientCounters::default());
+        let client = self.tables.client(&event.client);
+        if client as usize == self.permits.len() {
+            self.permits.push(ClientPermits::default());
         }
-        let key = PermitKey {
-            client,
-            id: RefId::new(&event.reference_id),
-        };
-        let revision = event.revision.unwrap_or(0);
-        let previous = self.permits.get(&key).copied();
+        let tables = &mut self.tables;
+        let permits = &mut self.permits[client as usize];
+        // One probe of the permit's table: read, then write or remove in place.
+        let step = |tables: &mut Tables, previous| tables.step(client, previous, event);
+        match parse_canonical_uuid(&event.reference_id) {
+            Some(id) => match permits.uuids.entry(id) {
+                Entry::Occupied(mut slot) => match step(tables, Some(*slot.get())) {
+                    Step::Skip(reason) => Outcome::Skipped(reason),
+                    Step::Store(Some(state), kind) => {
+                        *slot.get_mut() = state;
+                        Outcome::Applied(kind)
+                    }
+                    Step::Store(None, kind) => {
+                        slot.remove();
+                        Outcome::Applied(kind)
+                    }
+                },
+                Entry::Vacant(slot) => match step(tables, None) {
+                    Step::Skip(reason) => Outcome::Skipped(reason),
+                    Step::Store(state, kind) => {
+                        if let Some(state) = state {
+                            slot.insert(state);
+                        }
+                        Outcome::Applied(kind)
+                    }
+                },
+            },
+            None => {
+                let id = event.reference_id.as_str();
+                match step(tables, permits.texts.get(id).copied()) {
+                    Step::Skip(reason) => Outcome::Skipped(reason),
+                    Step::Store(Some(state), kind) => {
+                        match permits.texts.get_mut(id) {
+                            Some(slot) => *slot = state,
+                            None => {
+                                permits.texts.insert(id.into(), state);
+                            }
+                        }
+                        Outcome::Applied(kind)
+                    }
+                    Step::Store(None, kind) => {
+                        permits.texts.remove(id);
+                        Outcome::Applied(kind)
+                    }
+                }
+            }
+        }
+    }
 
+    /// Rebuilds the view of every client the last events changed.
+    fn publish(&mut self, views: &DashMap<Arc<str>, Arc<ClientView>, Hasher>) {
+        let tables = &mut self.tables;
+        for client in tables.dirty.drain(..) {
+            let state = &mut tables.states[client as usize];
+            state.dirty = false;
+            let layout = state.layout.get_or_insert_with(|| {
+                Arc::new(Layout::new(
+                    &state.counters,
+                    &tables.counters,
+                    &tables.zones,
+                    &tables.types,
+                ))
+            });
+            let view = ClientView::build(Arc::clone(layout), &tables.counters, state.as_of_ms);
+            views.insert(Arc::clone(tables.clients.name(client)), Arc::new(view));
+        }
+    }
+}
+
+impl Tables {
+    fn client(&mut self, name: &str) -> ClientId {
+        if let Some(last) = self.last_client
+            && **self.clients.name(last) == *name
+        {
+            return last;
+        }
+        let id = self.clients.intern(name);
+        if id as usize == self.states.len() {
+            self.states.push(ClientState::default());
+        }
+        self.last_client = Some(id);
+        id
+    }
+
+    fn counter(&mut self, client: ClientId, zone: NameId, permit_type: NameId) -> CounterId {
+        let counters = &mut self.counters;
+        let states = &mut self.states;
+        *self
+            .counter_ids
+            .entry((client, zone, permit_type))
+            .or_insert_with(|| {
+                let id = CounterId::try_from(counters.len())
+                    .ok()
+                    .filter(|&id| id != NOT_LIVE)
+                    .expect("fewer than 2^32 - 1 counters");
+                counters.push(Counter {
+                    zone,
+                    permit_type,
+                    total: 0,
+                });
+                let state = &mut states[client as usize];
+                state.counters.push(id);
+                state.layout = None;
+                id
+            })
+    }
+
+    fn named_counter(&mut self, client: ClientId, zone: &str, permit_type: &str) -> CounterId {
+        let zone = self.zones.intern(zone);
+        let permit_type = self.types.intern(permit_type);
+        self.counter(client, zone, permit_type)
+    }
+
+    fn mark_dirty(&mut self, client: ClientId) {
+        let state = &mut self.states[client as usize];
+        if !state.dirty {
+            state.dirty = true;
+            self.dirty.push(client);
+        }
+    }
+
+    /// The rules of spec/events.md for one event, given the permit's stored state; counters,
+    /// freshness and dirty marks are updated here, the permit's slot by the caller.
+    fn step(
+        &mut self,
+        client: ClientId,
+        previous: Option<PermitState>,
+        event: &PermitEvent,
+    ) -> Step {
+        let revision = event.revision.unwrap_or(0);
         // Rule 5: a revision not greater than the stored one is stale.
         if let Some(state) = previous
             && revision != 0
-            && state.revision != 0
-            && revision <= state.revision
+            && state.revision() != 0
+            && revision <= state.revision()
         {
-            return Outcome::Skipped(SkipReason::StaleRevision);
+            return Step::Skip(SkipReason::StaleRevision);
         }
-        let live_bucket = previous.filter(|s| s.live).map(|s| s.bucket);
+        let live = previous.and_then(PermitState::live);
 
-        let (next, outcome) = match &event.change {
+        let (next, kind) = match &event.change {
             // Rule 1: live with exactly these fields, replacing whatever was there.
             Change::Created { zone, permit_type } => (
-                Some(self.bucket(zone, permit_type)),
-                Outcome::Applied(Kind::Created),
+                Some(self.named_counter(client, zone, permit_type)),
+                Kind::Created,
             ),
             // Rule 2: merge into a live permit, moving it if zone or type changed.
-            Change::Updated { zone, permit_type } => match live_bucket {
+            Change::Updated { zone, permit_type } => match live {
                 Some(current) => {
-                    let bucket = Bucket {
-                        zone: zone
-                            .as_deref()
-                            .map_or(current.zone, |z| self.zones.intern(z)),
-                        permit_type: permit_type
-                            .as_deref()
-                            .map_or(current.permit_type, |t| self.types.intern(t)),
+                    let next = match (zone, permit_type) {
+                        (None, None) => current,
+                        _ => {
+                            let Counter {
+                                zone: z,
+                                permit_type: t,
+                                ..
+                            } = self.counters[current as usize];
+                            let z = zone.as_deref().map_or(z, |z| self.zones.intern(z));
+                            let t = permit_type.as_deref().map_or(t, |t| self.types.intern(t));
+                            self.counter(client, z, t)
+                        }
                     };
-                    (Some(bucket), Outcome::Applied(Kind::Updated))
+                    (Some(next), Kind::Updated)
                 }
                 // Rule 3: an update for an unknown or deleted permit is a create when it can be.
                 None => match (zone, permit_type) {
                     (Some(zone), Some(permit_type)) => (
-                        Some(self.bucket(zone, permit_type)),
-                        Outcome::Applied(Kind::Updated),
+                        Some(self.named_counter(client, zone, permit_type)),
+                        Kind::Updated,
                     ),
-                    _ => return Outcome::Skipped(SkipReason::OrphanUpdate),
+                    _ => return Step::Skip(SkipReason::OrphanUpdate),
                 },
             },
-            Change::Deleted => match live_bucket {
-                Some(_) => (None, Outcome::Applied(Kind::Deleted)),
+            Change::Deleted => match live {
+                Some(_) => (None, Kind::Deleted),
                 // Rule 4.
-                None => return Outcome::Skipped(SkipReason::OrphanDelete),
+                None => return Step::Skip(SkipReason::OrphanDelete),
             },
         };
 
-        let counters = &mut self.counters[client as usize];
-        if live_bucket != next {
-            if let Some(old) = live_bucket
-                && let Some(count) = counters.counts.get_mut(&old)
-            {
-                *count = count.saturating_sub(1);
+        if live != next {
+            if let Some(old) = live {
+                let total = &mut self.counters[old as usize].total;
+                *total = total.saturating_sub(1);
             }
             if let Some(new) = next {
-                *counters.counts.entry(new).or_default() += 1;
+                self.counters[new as usize].total += 1;
             }
-            if !counters.dirty {
-                counters.dirty = true;
-                self.dirty.push(client);
-            }
+            self.mark_dirty(client);
         }
-        if let Some(at) = event.occurred_at_ms
-            && counters.as_of_ms.is_none_or(|as_of| at > as_of)
-        {
-            counters.as_of_ms = Some(at);
-            if !counters.dirty {
-                counters.dirty = true;
-                self.dirty.push(client);
+        if let Some(at) = event.occurred_at_ms {
+            let state = &mut self.states[client as usize];
+            if state.as_of_ms.is_none_or(|as_of| at > as_of) {
+                state.as_of_ms = Some(at);
+                self.mark_dirty(client);
             }
         }
 
         let revision = if revision != 0 {
             revision
         } else {
-            previous.map_or(0, |s| s.revision)
+            previous.map_or(0, PermitState::revision)
         };
-        match next {
-            Some(bucket) => {
-                self.permits.insert(
-                    key,
-                    PermitState {
-                        revision,
-                        bucket,
-                        live: true,
-                    },
-                );
-            }
+        let state = match next {
+            Some(counter) => Some(PermitState::new(revision, Some(counter))),
             // A tombstone guards a revision; without one, forgetting is the same as deleting.
-            None if revision != 0 => {
-                self.permits.insert(
-                    key,
-                    PermitState {
-                        revision,
-                        bucket: live_bucket.unwrap_or(Bucket {
-                            zone: 0,
-                            permit_type: 0,
-                        }),
-                        live: false,
-                    },
-                );
-            }
-            None => {
-                self.permits.remove(&key);
-            }
-        }
-        outcome
-    }
-
-    fn bucket(&mut self, zone: &str, permit_type: &str) -> Bucket {
-        Bucket {
-            zone: self.zones.intern(zone),
-            permit_type: self.types.intern(permit_type),
-        }
-    }
-
-    /// Rebuilds the view of every client the last events changed.
-    fn publish(&mut self, views: &DashMap<Arc<str>, Arc<ClientView>, Hasher>) {
-        for client in self.dirty.drain(..) {
-            let counters = &mut self.counters[client as usize];
-            counters.dirty = false;
-            let rows = counters
-                .counts
-                .iter()
-                .map(|(bucket, &total)| Row {
-                    zone: Arc::clone(self.zones.name(bucket.zone)),
-                    permit_type: Arc::clone(self.types.name(bucket.permit_type)),
-                    total,
-                })
-                .collect();
-            let view = ClientView::build(rows, counters.as_of_ms);
-            views.insert(Arc::clone(self.clients.name(client)), Arc::new(view));
-        }
+            None if revision != 0 => Some(PermitState::new(revision, None)),
+            None => None,
+        };
+        Step::Store(state, kind)
     }
 }
 
@@ -772,11 +1027,58 @@ mod tests {
     #[test]
     fn uuid_ids_are_compacted_without_colliding_with_text() {
         let id = "1a9b5375-cb75-4c71-9939-eeae550b09ac";
-        assert!(matches!(RefId::new(id), RefId::Uuid(_)));
-        assert!(matches!(RefId::new(&id.to_uppercase()), RefId::Text(_)));
+        let uuid = parse_canonical_uuid(id).expect("canonical");
+        assert_eq!(hex::encode(uuid.0), id.replace('-', ""));
+        assert_eq!(parse_canonical_uuid(&id.to_uppercase()), None);
+        assert_eq!(parse_canonical_uuid(&id.replace('-', "_")), None);
+        assert_eq!(parse_canonical_uuid(&id[1..]), None);
         let p = Projection::new();
         p.apply(&created(id, "z", "t"));
         p.apply(&created(&id.to_uppercase(), "z", "t"));
         assert_eq!(counts(&p), vec![row("z", "t", 2)]);
+    }
+
+    #[test]
+    fn a_permit_slot_stays_small() {
+        // The memory budget per permit (BENCHMARKS.md) rests on this: 16 + 12 bytes, 4-aligned.
+        assert_eq!(size_of::<(Uuid, PermitState)>(), 28);
+    }
+
+    #[test]
+    fn a_view_keeps_rows_sorted_when_rows_are_added_later() {
+        let p = Projection::new();
+        p.apply(&created("1", "b", "temp"));
+        p.apply(&created("2", "c", "temp"));
+        p.apply(&created("3", "a", "x"));
+        p.apply(&updated("3", Some("b"), Some("a")));
+        assert_eq!(
+            counts(&p),
+            vec![row("b", "a", 1), row("b", "temp", 1), row("c", "temp", 1)]
+        );
+        let view = p.view("C").expect("view");
+        assert_eq!(
+            view.body(Some(&["c", "b"])),
+            view.body(None),
+            "runs joined in answer order"
+        );
+        assert_eq!(
+            view.counters().len(),
+            4,
+            "the emptied (a, x) row stays at zero"
+        );
+    }
+
+    #[test]
+    fn as_of_is_rfc3339_text() {
+        let p = Projection::new();
+        let mut e = created("a", "z", "t");
+        e.occurred_at_ms = Some(1_795_923_044_250);
+        p.apply(&e);
+        let view = p.view("C").expect("view");
+        assert_eq!(
+            view.as_of_rfc3339().as_deref(),
+            Some(&b"2026-11-29T03:30:44.25Z"[..])
+        );
+        assert_eq!(Projection::new().view("C").map(|v| v.as_of_ms()), None);
     }
 }

@@ -1,0 +1,308 @@
+//! The measuring halves of the end-to-end load benchmark that `benches/load.sh` drives (it starts
+//! the broker, the service and `wrk`, and prints the results). Each subcommand prints one JSON
+//! line:
+//!
+//! - `bare BROKERS TOPIC`: the raw limit of the consumer: a bare rdkafka `BaseConsumer` on a
+//!   thread, configured like ingest's (same prefetch), assigned every partition from the
+//!   beginning, polling and only counting records up to the high watermarks noted at start.
+//! - `memory N`: resident memory per live permit, in process: RSS before and after applying N
+//!   creates of distinct UUID permits (in ingest's batches of 4,096) to an empty projection.
+//! - `freshness BROKERS TOPIC ADDR TOKEN RATE SECONDS`: produce→visible latency. Writes one create
+//!   of a new permit of client `FRESH` at a steady rate, and polls the running service's stats
+//!   request for `FRESH` over one keep-alive connection; an event is visible when the answer's
+//!   total counts it. Latency = first answer that counts it - its send time.
+//!
+//! Under `cargo test` (no `--bench` argument) it does nothing, so the test suite stays fast.
+//!
+//! `cargo bench --bench e2e -- memory 1000000`
+
+mod support;
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use permit_stats::{
+    events::{Encoding, PermitEvent, pb},
+    projection::Projection,
+};
+use prost::Message as _;
+use rdkafka::{
+    ClientConfig, Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
+    message::{Header, OwnedHeaders},
+    producer::{BaseProducer, BaseRecord, Producer},
+};
+use support::{created, uuid};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if !support::benchmarking() {
+        eprintln!("e2e: measures only under `cargo bench` (see benches/load.sh)");
+        return Ok(());
+    }
+    let arg = |i: usize| args.get(i).map(String::as_str).ok_or("missing argument");
+    match arg(0)? {
+        "bare" => bare(arg(1)?, arg(2)?),
+        "memory" => memory(arg(1)?.parse()?),
+        "freshness" => freshness(
+            arg(1)?,
+            arg(2)?,
+            arg(3)?,
+            arg(4)?,
+            arg(5)?.parse()?,
+            arg(6)?.parse()?,
+        ),
+        other => Err(format!("unknown subcommand {other}").into()),
+    }
+}
+
+fn bare(brokers: &str, topic: &str) -> Result<()> {
+    let started = Instant::now();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "permit-stats-bare")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("queued.max.messages.kbytes", "16384")
+        .create()?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut assignment = TopicPartitionList::new();
+    // Per partition: the next offset to see and the high watermark noted at start.
+    let mut left: HashMap<i32, (i64, i64)> = HashMap::new();
+    let mut target = 0i64;
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+        target += high - low;
+        if high > low {
+            left.insert(p, (low, high));
+        }
+    }
+    consumer.assign(&assignment)?;
+    let mut records = 0u64;
+    let mut bytes = 0u64;
+    while !left.is_empty() {
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message?;
+        records += 1;
+        bytes += message.payload_len() as u64;
+        if let Some((next, high)) = left.get_mut(&message.partition()) {
+            *next = message.offset() + 1;
+            if *next >= *high {
+                left.remove(&message.partition());
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        r#"{{"bare_records":{records},"target":{target},"bytes":{bytes},"seconds":{seconds:.3},"rate":{:.0}}}"#,
+        records as f64 / seconds
+    );
+    Ok(())
+}
+
+/// Resident set size of this process, in bytes.
+fn rss() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .ok_or("no VmRSS")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()?;
+    Ok(kb * 1024)
+}
+
+fn memory(permits: usize) -> Result<()> {
+    let projection = Projection::new();
+    // One client, 20 zones, 3 types: the counters are negligible, the permits are everything.
+    let before = rss()?;
+    let started = Instant::now();
+    let mut batch: Vec<PermitEvent> = Vec::with_capacity(4_096);
+    for i in 0..permits {
+        let t = support::TYPES[i % 3];
+        batch.push(created(
+            "OC-TOMA",
+            &uuid(i as u64),
+            1,
+            support::zone(i % 20),
+            t,
+        ));
+        if batch.len() == 4_096 || i + 1 == permits {
+            projection.apply_batch(&batch);
+            batch.clear();
+        }
+    }
+    drop(batch);
+    let seconds = started.elapsed().as_secs_f64();
+    let after = rss()?;
+    let live: u64 = projection
+        .query("OC-TOMA", None)
+        .iter()
+        .map(|r| r.total)
+        .sum();
+    assert_eq!(live as usize, permits);
+    println!(
+        r#"{{"permits":{permits},"rss_before":{before},"rss_after":{after},"bytes_per_permit":{:.1},"apply_seconds":{seconds:.2}}}"#,
+        (after.saturating_sub(before)) as f64 / permits as f64
+    );
+    Ok(())
+}
+
+/// A minimal HTTP/1.1 client on one keep-alive connection: enough for one POST at a time.
+struct Client {
+    stream: BufReader<TcpStream>,
+    request: Vec<u8>,
+}
+
+impl Client {
+    fn new(addr: &str, token: &str) -> Result<Self> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        let body = format!(r#"{{"apiToken":"{token}"}}"#);
+        let request = format!(
+            "POST /api/FRESH/v1/permits/stats HTTP/1.1\r\nHost: {addr}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        Ok(Self {
+            stream: BufReader::new(stream),
+            request: request.into_bytes(),
+        })
+    }
+
+    /// The sum of the totals in one stats answer.
+    fn total(&mut self) -> Result<u64> {
+        self.stream.get_mut().write_all(&self.request)?;
+        let mut length = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line)?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line
+                .to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+            {
+                length = v.parse()?;
+            }
+        }
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body)?;
+        let value: serde_json::Value = serde_json::from_slice(&body)?;
+        Ok(value["data"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|r| r["total"].as_str()?.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0))
+    }
+}
+
+fn freshness(
+    brokers: &str,
+    topic: &str,
+    addr: &str,
+    token: &str,
+    rate: f64,
+    seconds: f64,
+) -> Result<()> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()?;
+    let mut client = Client::new(addr, token)?;
+    let run = uuid(Instant::now().elapsed().as_nanos() as u64 ^ std::process::id() as u64);
+    let send = |producer: &BaseProducer, id: &str| -> Result<()> {
+        let mut event = created("FRESH", id, 1, "Lot 01".into(), "temp");
+        event.occurred_at_ms = None;
+        let value = pb::PermitEvent::from(&event).encode_to_vec();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "content-type",
+            value: Some(Encoding::Protobuf.content_type()),
+        });
+        let record = BaseRecord::to(topic)
+            .key(id.as_bytes())
+            .payload(&value)
+            .headers(headers);
+        producer.send(record).map_err(|(e, _)| e)?;
+        producer.poll(Duration::ZERO);
+        Ok(())
+    };
+    // Warm-up: the producer's first record waits for metadata and its idempotence id; not
+    // part of what is measured.
+    let before = client.total()?;
+    send(&producer, &format!("{}-warmup", &run[..23]))?;
+    producer.flush(Duration::from_secs(10))?;
+    let warm_deadline = Instant::now() + Duration::from_secs(10);
+    while client.total()? <= before && Instant::now() < warm_deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let base = client.total()?;
+    let n = (rate * seconds) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut sent: Vec<Instant> = Vec::with_capacity(n);
+    let mut visible: Vec<Option<Duration>> = vec![None; n];
+    let mut seen = 0usize;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds + 10.0);
+    while seen < n && Instant::now() < deadline {
+        // Send what is due (a fixed schedule: a stall is followed by a burst, as from a producer).
+        while sent.len() < n && started + interval * sent.len() as u32 <= Instant::now() {
+            send(&producer, &format!("{}-{:012}", &run[..23], sent.len()))?;
+            sent.push(Instant::now());
+        }
+        producer.poll(Duration::ZERO);
+        let total = client.total()?.saturating_sub(base) as usize;
+        let now = Instant::now();
+        while seen < total.min(sent.len()) {
+            visible[seen] = Some(now - sent[seen]);
+            seen += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(10))?;
+    let mut latencies: Vec<Duration> = visible.into_iter().flatten().collect();
+    let missing = n - latencies.len();
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+    };
+    println!(
+        r#"{{"events":{n},"rate":{rate},"p50_ms":{:.2},"p90_ms":{:.2},"p99_ms":{:.2},"max_ms":{:.2},"not_seen":{missing}}}"#,
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        pct(1.0)
+    );
+    Ok(())
+}

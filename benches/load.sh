@@ -1,0 +1,316 @@
+#!/usr/bin/env bash
+# benches/load.sh: the end-to-end load benchmark of BENCHMARKS.md, in one command.
+#
+#   benches/load.sh [http] [replay] [memory] [freshness]     (no argument: all four)
+#
+# Each section measures the service against a baseline taken in the same run, on this machine:
+#   http       wrk drives the stats request (all rows, and the vendor's two-zone filter) and the same
+#              server's GET /health/live, alternating, ROUNDS times; then again while `produce`
+#              streams events into the topic the server consumes (ingest running); then, when `oha`
+#              is on the PATH, the stats request at a fixed rate (half the measured one) for p99.
+#   replay     EVENTS records (default 10M) in a 4-partition topic; alternately replayed by a bare
+#              rdkafka BaseConsumer that only counts them (benches/e2e.rs `bare`) and by
+#              `permit-stats serve` (until /health/ready); records/s of both, and the ratio.
+#   memory     resident bytes per live permit, in process, at 1M and 10M permits (e2e `memory`);
+#              and the service's whole RSS per live permit after the replay above.
+#   freshness  produce->visible latency at a steady FRESH_RATE events/s (e2e `freshness`).
+#
+# A real Apache Kafka broker is started with scripts/kafka.sh unless KAFKA_BOOTSTRAP is set.
+# Knobs (environment): EVENTS=10000000 ROUNDS=3 DURATION=10 CONNECTIONS=64 THREADS=1
+# INGEST_RATE=20000 FRESH_RATE=1000 FRESH_SECONDS=10. Results: a table on stdout and in
+# target/load/results.md; raw tool output in target/load/.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+EVENTS=${EVENTS:-10000000}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-1}
+INGEST_RATE=${INGEST_RATE:-20000}
+FRESH_RATE=${FRESH_RATE:-1000}
+FRESH_SECONDS=${FRESH_SECONDS:-10}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+OUT=$TARGET/load
+BIN=${PERMIT_STATS_BIN:-$TARGET/release/permit-stats}
+sections=("$@")
+[[ ${#sections[@]} -gt 0 ]] || sections=(http replay memory freshness)
+
+mkdir -p "$OUT"
+RESULTS=$OUT/results.md
+: >"$RESULTS"
+log() { printf 'load.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+result() { printf '%s\n' "$*" | tee -a "$RESULTS"; }
+
+command -v wrk >/dev/null || [[ ! " ${sections[*]} " =~ " http " ]] \
+  || die "wrk not found (apt-get install wrk)"
+
+log "building (release)"
+cargo build --release --bin permit-stats >&2
+cargo bench --bench e2e --no-run >&2
+e2e() { cargo bench -q --bench e2e -- "$@" 2>/dev/null | grep '^{'; }
+
+SERVER_PID=""
+OWN_KAFKA=0
+cleanup() {
+  [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+  [[ -n ${PRODUCER_PID:-} ]] && kill "$PRODUCER_PID" 2>/dev/null
+  if [[ $OWN_KAFKA == 1 ]]; then scripts/kafka.sh stop "$KAFKA_RUN_DIR" >&2 || true; fi
+}
+trap cleanup EXIT
+if [[ -z ${KAFKA_BOOTSTRAP:-} ]]; then
+  eval "$(scripts/kafka.sh start)"
+  OWN_KAFKA=1
+fi
+log "broker: $KAFKA_BOOTSTRAP"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])$2)" "$1"; }
+
+# A token for each client code given, into $OUT/tokens.toml; prints the tokens, one a line.
+tokens() {
+  : >"$OUT/tokens.toml"
+  for client in "$@"; do
+    "$BIN" token --client "$client" --name load >"$OUT/token.out"
+    head -n 1 "$OUT/token.out"
+    tail -n +3 "$OUT/token.out" >>"$OUT/tokens.toml"
+  done
+}
+
+# serve TOPIC: starts the service on a free port; sets SERVER_PID and ADDR; waits until ready.
+serve() {
+  local port
+  port=$(free_port)
+  ADDR=127.0.0.1:$port
+  "$BIN" serve --brokers "$KAFKA_BOOTSTRAP" --topic "$1" --tokens "$OUT/tokens.toml" \
+    --listen "$ADDR" >"$OUT/serve.log" 2>&1 &
+  SERVER_PID=$!
+  local deadline=$((SECONDS + 600))
+  until curl -sf "http://$ADDR/health/ready" >"$OUT/ready.json" 2>/dev/null; do
+    kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 20 "$OUT/serve.log" >&2; die "serve exited"; }
+    ((SECONDS < deadline)) || die "serve not ready after 600 s"
+    sleep 0.1
+  done
+}
+
+stop_server() {
+  kill "$SERVER_PID" && wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+}
+
+produce() { # TOPIC EVENTS [extra produce flags...]
+  local topic=$1 events=$2
+  shift 2
+  "$BIN" produce --brokers "$KAFKA_BOOTSTRAP" --topic "$topic" --create-partitions 4 \
+    --events "$events" "$@" 2>>"$OUT/produce.log" >&2
+}
+
+# wrk_run NAME URL [LUA]: one wrk run; prints "rps p50_ms p99_ms".
+wrk_run() {
+  local name=$1 url=$2 script=${3:-}
+  local args=(-t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency)
+  [[ -n $script ]] && args+=(-s "$script")
+  wrk "${args[@]}" "$url" >"$OUT/wrk-$name.txt" 2>&1
+  python3 - "$OUT/wrk-$name.txt" <<'EOF'
+import re, sys
+text = open(sys.argv[1]).read()
+def ms(v):
+    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
+    return float(n) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
+non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+if non2xx:
+    sys.exit(f"{sys.argv[1]}: {non2xx.group(1)} non-2xx answers")
+print(f"{rps:.0f} {p50:.3f} {p99:.3f}")
+EOF
+}
+
+lua_post() { # FILE TOKEN ZONES_JSON_FRAGMENT
+  cat >"$1" <<EOF
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Accept"] = "application/json"
+wrk.body = '{"apiToken":"$2"$3}'
+EOF
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+section_http() {
+  local topic=load-http-$$ token
+  log "http: 200k events over 20 zones into $topic"
+  produce "$topic" 200000 --permits 50000 --zones 20
+  token=$(tokens OC-TOMA)
+  serve "$topic"
+  lua_post "$OUT/stats.lua" "$token" ''
+  lua_post "$OUT/stats2.lua" "$token" ',"zones":"Lot 01,Lot 02"'
+  local stats_url="http://$ADDR/api/OC-TOMA/v1/permits/stats" live_url="http://$ADDR/health/live"
+  curl -sf -X POST -d "{\"apiToken\":\"$token\"}" "$stats_url" >"$OUT/stats-body.json"
+  log "http: stats body $(wc -c <"$OUT/stats-body.json") bytes; ${ROUNDS} rounds of ${DURATION}s"
+  : >"$OUT/http.txt"
+  for round in $(seq "$ROUNDS"); do
+    for target in live stats stats2; do
+      case $target in
+        live) line=$(wrk_run "live-$round" "$live_url") ;;
+        stats) line=$(wrk_run "stats-$round" "$stats_url" "$OUT/stats.lua") ;;
+        stats2) line=$(wrk_run "stats2-$round" "$stats_url" "$OUT/stats2.lua") ;;
+      esac
+      echo "$target $line" | tee -a "$OUT/http.txt" >&2
+    done
+  done
+  log "http: again while produce streams $INGEST_RATE events/s into the topic"
+  local ingest_events=$((INGEST_RATE * (DURATION * 3 + 10)))
+  "$BIN" produce --brokers "$KAFKA_BOOTSTRAP" --topic "$topic" --events "$ingest_events" \
+    --rate "$INGEST_RATE" --permits 50000 --zones 20 --seed 7 2>>"$OUT/produce.log" &
+  PRODUCER_PID=$!
+  sleep 2
+  for target in live stats stats2; do
+    case $target in
+      live) line=$(wrk_run "ingest-live" "$live_url") ;;
+      stats) line=$(wrk_run "ingest-stats" "$stats_url" "$OUT/stats.lua") ;;
+      stats2) line=$(wrk_run "ingest-stats2" "$stats_url" "$OUT/stats2.lua") ;;
+    esac
+    echo "ingest-$target $line" | tee -a "$OUT/http.txt" >&2
+  done
+  kill "$PRODUCER_PID" 2>/dev/null || true
+  wait "$PRODUCER_PID" 2>/dev/null || true
+  PRODUCER_PID=""
+  local lag
+  lag=$(curl -s "http://$ADDR/metrics" | awk '/^permit_stats_consumer_lag_records/ {s+=$NF} END {print s+0}')
+
+  result "### HTTP (wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, loopback; median of $ROUNDS rounds; $(uptime | sed 's/.*load average/load average/'))"
+  result ""
+  result "| request | requests/s | vs /health/live | p50 ms | p99 ms |"
+  result "|---|---|---|---|---|"
+  for prefix in "" "ingest-"; do
+    local live_rps
+    live_rps=$(awk -v t="${prefix}live" '$1==t {print $2}' "$OUT/http.txt" | median)
+    for target in live stats stats2; do
+      local rps p50 p99 label
+      rps=$(awk -v t="$prefix$target" '$1==t {print $2}' "$OUT/http.txt" | median)
+      p50=$(awk -v t="$prefix$target" '$1==t {print $3}' "$OUT/http.txt" | median)
+      p99=$(awk -v t="$prefix$target" '$1==t {print $4}' "$OUT/http.txt" | median)
+      case $target in
+        live) label="GET /health/live (baseline)" ;;
+        stats) label="stats, all $(python3 -c "import json; print(len(json.load(open('$OUT/stats-body.json'))['data']))") rows" ;;
+        stats2) label="stats, zones \"Lot 01,Lot 02\"" ;;
+      esac
+      [[ -n $prefix ]] && label="$label, ingest at $INGEST_RATE/s"
+      result "| $label | $rps | $(python3 -c "print(f'{$rps/$live_rps:.2f}x')") | $p50 | $p99 |"
+    done
+  done
+  result ""
+  result "Consumer lag after the ingest rounds: $lag records."
+
+  if command -v oha >/dev/null; then
+    local stats_rps half
+    stats_rps=$(awk '$1=="stats" {print $2}' "$OUT/http.txt" | median)
+    half=$((stats_rps / 2))
+    log "http: oha at a fixed $half requests/s (half the measured rate)"
+    oha --no-tui -z "${DURATION}s" -c "$CONNECTIONS" -q "$half" --latency-correction \
+      -m POST -H 'Content-Type: application/json' -d "{\"apiToken\":\"$token\"}" \
+      --output-format json "$stats_url" >"$OUT/oha-stats.json" 2>"$OUT/oha.err" || true
+    python3 - "$OUT/oha-stats.json" "$half" <<'EOF' | tee -a "$RESULTS"
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+except Exception as e:
+    sys.exit(f"oha output unreadable: {e}")
+p = d["latencyPercentiles"]
+s = d["summary"]
+codes = d.get("statusCodeDistribution", {})
+print(f"\nFixed rate (oha -q {sys.argv[2]}, latency-corrected): {s['requestsPerSec']:.0f} requests/s, "
+      f"p50 {p['p50']*1e3:.3f} ms, p99 {p['p99']*1e3:.3f} ms, p99.9 {p['p99.9']*1e3:.3f} ms, status {codes}")
+EOF
+  fi
+  result ""
+  stop_server
+}
+
+section_replay() {
+  local topic=load-replay-$EVENTS token
+  if ! "$BIN" produce --help >/dev/null; then die "no produce subcommand"; fi
+  if [[ ! -f $OUT/.produced-$topic-${KAFKA_BOOTSTRAP//[:.]/_} ]]; then
+    log "replay: producing $EVENTS events into $topic (4 partitions); this takes a while"
+    local t0=$SECONDS
+    produce "$topic" "$EVENTS" --permits 10000000 --zones 20 --clients OC-TOMA,OC_TOMA,OC-UVIC
+    log "replay: produced in $((SECONDS - t0)) s"
+    touch "$OUT/.produced-$topic-${KAFKA_BOOTSTRAP//[:.]/_}"
+  fi
+  token=$(tokens OC-TOMA)
+  : >"$OUT/replay.txt"
+  for round in $(seq 2); do
+    local bare
+    bare=$(e2e bare "$KAFKA_BOOTSTRAP" "$topic")
+    echo "bare $(json "$bare" '["rate"]') $(json "$bare" '["bare_records"]')" | tee -a "$OUT/replay.txt" >&2
+    serve "$topic"
+    local ready rss live
+    ready=$(cat "$OUT/ready.json")
+    rss=$(awk '/VmRSS/ {print $2 * 1024}' "/proc/$SERVER_PID/status")
+    live=$(curl -s "http://$ADDR/metrics" | awk '/^permit_stats_permits\{/ {s+=$NF} END {print s+0}')
+    local target seconds
+    target=$(json "$ready" '["target"]')
+    seconds=$(json "$ready" '["replay_seconds"]')
+    echo "service $(python3 -c "print(round($target/$seconds))") $target $seconds $rss $live" | tee -a "$OUT/replay.txt" >&2
+    stop_server
+  done
+  local bare_rate service_rate
+  bare_rate=$(awk '$1=="bare" {print $2}' "$OUT/replay.txt" | median)
+  service_rate=$(awk '$1=="service" {print $2}' "$OUT/replay.txt" | median)
+  read -r _ _ target seconds rss live < <(awk '$1=="service"' "$OUT/replay.txt" | tail -n 1)
+  result "### Replay of $EVENTS records, 4 partitions, real Kafka ($(uptime | sed 's/.*load average/load average/'))"
+  result ""
+  result "| consumer | records/s (median of 2) | vs bare |"
+  result "|---|---|---|"
+  result "| bare rdkafka BaseConsumer, counting only (baseline) | $bare_rate | 1.00x |"
+  result "| permit-stats serve: decode + apply + publish, until ready | $service_rate | $(python3 -c "print(f'{$service_rate/$bare_rate:.2f}x')") |"
+  result ""
+  result "Service after replay: $live live permits, RSS $((rss / 1048576)) MiB =" \
+    "$(python3 -c "print(f'{$rss/max($live,1):.0f}')") bytes per live permit (whole process)."
+  result ""
+}
+
+section_memory() {
+  result "### Memory per live permit (in process, projection only)"
+  result ""
+  result "| live permits | resident bytes per permit |"
+  result "|---|---|"
+  for n in 1000000 10000000; do
+    local line
+    line=$(e2e memory "$n")
+    log "memory: $line"
+    result "| $n | $(json "$line" '["bytes_per_permit"]') |"
+  done
+  result ""
+}
+
+section_freshness() {
+  local topic=load-fresh-$$ token
+  produce "$topic" 1000 --clients OC-TOMA
+  token=$(tokens FRESH)
+  serve "$topic"
+  local line
+  line=$(e2e freshness "$KAFKA_BOOTSTRAP" "$topic" "$ADDR" "$token" "$FRESH_RATE" "$FRESH_SECONDS")
+  log "freshness: $line"
+  result "### Freshness: produce -> visible in the stats answer, $FRESH_RATE events/s for ${FRESH_SECONDS}s"
+  result ""
+  result "p50 $(json "$line" '["p50_ms"]') ms, p90 $(json "$line" '["p90_ms"]') ms," \
+    "p99 $(json "$line" '["p99_ms"]') ms, max $(json "$line" '["max_ms"]') ms;" \
+    "not seen: $(json "$line" '["not_seen"]')"
+  result ""
+  stop_server
+}
+
+result "## Load benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores"
+result ""
+for section in "${sections[@]}"; do
+  case $section in
+    http | replay | memory | freshness) "section_$section" ;;
+    *) die "unknown section $section (http, replay, memory, freshness)" ;;
+  esac
+done
+log "results in $RESULTS"
