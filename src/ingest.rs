@@ -46,7 +46,7 @@ use serde::Serialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     events::{self, Encoding, InvalidEvent, PermitEvent},
@@ -278,13 +278,7 @@ type HighWatermarks = Arc<Mutex<HashMap<i32, i64>>>;
 
 impl ClientContext for IngestContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        use RDKafkaLogLevel::*;
-        match level {
-            Emerg | Alert | Critical | Error => error!(target: "librdkafka", fac, "{message}"),
-            Warning => warn!(target: "librdkafka", fac, "{message}"),
-            Notice | Info => info!(target: "librdkafka", fac, "{message}"),
-            Debug => debug!(target: "librdkafka", fac, "{message}"),
-        }
+        telemetry::kafka_log(level, fac, message);
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -850,13 +844,7 @@ struct DeadLetterContext {
 
 impl ClientContext for DeadLetterContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        use RDKafkaLogLevel::*;
-        match level {
-            Emerg | Alert | Critical | Error => error!(target: "librdkafka", fac, "{message}"),
-            Warning => warn!(target: "librdkafka", fac, "{message}"),
-            Notice | Info => info!(target: "librdkafka", fac, "{message}"),
-            Debug => debug!(target: "librdkafka", fac, "{message}"),
-        }
+        telemetry::kafka_log(level, fac, message);
     }
 }
 

@@ -26,7 +26,7 @@ use std::{
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use rdkafka::Statistics;
+use rdkafka::{Statistics, config::RDKafkaLogLevel};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::{
@@ -501,6 +501,18 @@ impl std::fmt::Display for LabelValue<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// A librdkafka log line, into `tracing` under the `librdkafka` target at the matching level (the
+/// `ClientContext::log` of every client the service creates).
+pub fn kafka_log(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    use RDKafkaLogLevel::*;
+    match level {
+        Emerg | Alert | Critical | Error => tracing::error!(target: "librdkafka", fac, "{message}"),
+        Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+        Notice | Info => tracing::info!(target: "librdkafka", fac, "{message}"),
+        Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
     }
 }
 
