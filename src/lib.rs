@@ -10,10 +10,12 @@
 //! - [`config`]: the command line (clap), every flag also an environment variable.
 //! - [`events`]: the protobuf/JSON wire types from `proto/` and the validated domain event.
 //! - [`projection`]: the read model; pure and synchronous, no I/O.
-//! - [`ingest`]: the consumer thread: assignment from the beginning, readiness, bad records.
-//! - [`api`]: the router: stats request, errors, CORS, health, metrics.
-//! - [`auth`]: the token file and the token check.
-//! - [`telemetry`]: logs, the metrics recorder, scrape-time gauges.
+//! - [`ingest`]: the consumer thread: assignment from the beginning, readiness, lag, bad records
+//!   and their dead-letter copies.
+//! - [`api`]: the router and the HTTP server: stats request, errors, CORS, limits, rate limit,
+//!   health, metrics.
+//! - [`auth`]: the token file, the token check, and reload on SIGHUP or change.
+//! - [`telemetry`]: logs, the metrics recorder, librdkafka statistics, scrape-time gauges.
 //! - [`embedded`]: the in-process broker for `serve` without `--brokers`.
 //! - [`produce`]: the deterministic workload generator.
 //! - [`app`]: wiring of `serve` and `token`, and shutdown.
