@@ -23,13 +23,24 @@ use std::{
 
 use rdkafka::message::{Headers as _, Message as _};
 use resilience::{
-    Bad, CLIENTS, PrivateBroker, Service, TempDir, Workload, add_partitions, bootstrap,
-    create_topic, delete_topic, get, http, metric, produce, produce_in_background, read_topic,
-    stats, unique, wait_exact, write_tokens,
+    Bad, CLIENTS, Converged, PrivateBroker, Service, Workload, add_partitions, assert_clean_exit,
+    bootstrap, create_topic, delete_topic, get, http, join_writer, metric, produce,
+    produce_in_background, read_topic, stats, topic_and_tokens, wait_exact,
 };
 
 /// How long a start or a catch-up may take (debug build, shared 2-core machine).
 const CONVERGE: Duration = Duration::from_secs(90);
+
+/// [`wait_exact`] for the workload's model within [`CONVERGE`].
+async fn converge(
+    service: &mut Service,
+    http: &reqwest::Client,
+    tokens: &HashMap<String, String>,
+    workload: &Workload,
+    allow_503: bool,
+) -> Converged {
+    wait_exact(service, http, tokens, &workload.model, CONVERGE, allow_503).await
+}
 
 /// Waits until at least one client's answer differs from `before`: the service has applied part
 /// of a stream that is still being written.
@@ -63,12 +74,9 @@ async fn bad_records_are_counted_by_reason_and_dead_lettered_once() {
         return;
     };
     let t0 = Instant::now();
-    let topic = unique("faults-bad");
+    let (topic, dir, tokens_path, tokens) = topic_and_tokens(&bootstrap, "faults-bad", 3).await;
     let dead = format!("{topic}.dead-letter");
-    create_topic(&bootstrap, &topic, 3).await;
     create_topic(&bootstrap, &dead, 2).await;
-    let dir = TempDir::new("faults-bad");
-    let (tokens_path, tokens) = write_tokens(&dir.0);
 
     let mut workload = Workload::new(0xBAD_2026, 900);
     let records = workload.records(6_000, 0.01);
@@ -88,15 +96,7 @@ async fn bad_records_are_counted_by_reason_and_dead_lettered_once() {
     let http = http();
     let flags = ["--dead-letter-topic", dead.as_str()];
     let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &flags);
-    let seen = wait_exact(
-        &mut service,
-        &http,
-        &tokens,
-        &workload.model,
-        CONVERGE,
-        true,
-    )
-    .await;
+    let seen = converge(&mut service, &http, &tokens, &workload, true).await;
     eprintln!("bad: exact after {:?} ({:?})", seen.after, seen.statuses);
 
     // Every bad record counted under its reason, nothing else rejected.
@@ -198,23 +198,14 @@ async fn bad_records_are_counted_by_reason_and_dead_lettered_once() {
     let more_landed = produce(&bootstrap, &topic, more.clone()).await;
     let sentinel = more_landed[100];
     let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &flags);
-    wait_exact(
-        &mut service,
-        &http,
-        &tokens,
-        &workload.model,
-        CONVERGE,
-        true,
-    )
-    .await;
+    converge(&mut service, &http, &tokens, &workload, true).await;
     let page = get(&http, format!("{}/metrics", service.base)).await.text();
     assert_eq!(
         metric(&page, "permit_stats_records_rejected_total", ""),
         (bad_total + 1) as f64,
         "the replay counts every bad record again"
     );
-    let status = service.terminate();
-    assert!(status.is_some_and(|s| s.success()), "exit {status:?}");
+    assert_clean_exit(&mut service);
     assert!(
         service.log_text().contains(&format!("already={bad_total}")),
         "the restart read the {bad_total} earlier copies:\n{}",
@@ -271,24 +262,14 @@ async fn a_broker_outage_mid_stream_is_ridden_out_and_converges() {
         broker.bootstrap,
         t0.elapsed()
     );
-    let topic = unique("faults-outage");
-    create_topic(&broker.bootstrap, &topic, 3).await;
-    let dir = TempDir::new("faults-outage");
-    let (tokens_path, tokens) = write_tokens(&dir.0);
+    let (topic, dir, tokens_path, tokens) =
+        topic_and_tokens(&broker.bootstrap, "faults-outage", 3).await;
 
     let mut workload = Workload::new(0x0_07A6E, 900);
     produce(&broker.bootstrap, &topic, workload.records(3_000, 0.005)).await;
     let http = http();
     let mut service = Service::start(&broker.bootstrap, &topic, &tokens_path, &dir.0, &[]);
-    let before = wait_exact(
-        &mut service,
-        &http,
-        &tokens,
-        &workload.model,
-        CONVERGE,
-        true,
-    )
-    .await;
+    let before = converge(&mut service, &http, &tokens, &workload, true).await;
 
     // The stream goes on through the outage: the producer keeps its records until the broker
     // is back, as a real one would.
@@ -370,26 +351,15 @@ async fn a_broker_outage_mid_stream_is_ridden_out_and_converges() {
         ages.first(),
         ages.last()
     );
-    tokio::task::spawn_blocking(move || writer.join().expect("writer"))
-        .await
-        .expect("writer");
-    let after = wait_exact(
-        &mut service,
-        &http,
-        &tokens,
-        &workload.model,
-        CONVERGE,
-        false,
-    )
-    .await;
+    join_writer(writer).await;
+    let after = converge(&mut service, &http, &tokens, &workload, false).await;
     eprintln!("outage: exact {:?} after the stream ended", after.after);
     let ready = get(&http, format!("{}/health/ready", service.base))
         .await
         .json();
     assert!(ready.get("waiting_for").is_none(), "{ready}");
     assert!(service.log_text().contains("the broker answers again"));
-    let status = service.terminate();
-    assert!(status.is_some_and(|s| s.success()), "exit {status:?}");
+    assert_clean_exit(&mut service);
     eprintln!("outage: done in {:?}", t0.elapsed());
 }
 
@@ -402,10 +372,8 @@ async fn a_service_started_while_the_broker_is_down_waits_and_then_catches_up() 
     }
     let t0 = Instant::now();
     let broker = PrivateBroker::start();
-    let topic = unique("faults-late");
-    create_topic(&broker.bootstrap, &topic, 3).await;
-    let dir = TempDir::new("faults-late");
-    let (tokens_path, tokens) = write_tokens(&dir.0);
+    let (topic, dir, tokens_path, tokens) =
+        topic_and_tokens(&broker.bootstrap, "faults-late", 3).await;
     let mut workload = Workload::new(0x1A7E, 600);
     produce(&broker.bootstrap, &topic, workload.records(2_000, 0.005)).await;
     broker.down(false);
@@ -440,15 +408,7 @@ async fn a_service_started_while_the_broker_is_down_waits_and_then_catches_up() 
     eprintln!("late: waiting_for {said:?}");
 
     broker.up();
-    let seen = wait_exact(
-        &mut service,
-        &http,
-        &tokens,
-        &workload.model,
-        CONVERGE,
-        true,
-    )
-    .await;
+    let seen = converge(&mut service, &http, &tokens, &workload, true).await;
     eprintln!(
         "late: exact {:?} after the broker came up ({:?})",
         seen.after, seen.statuses
@@ -461,8 +421,7 @@ async fn a_service_started_while_the_broker_is_down_waits_and_then_catches_up() 
         ready.text()
     );
     assert!(service.log_text().contains("the topic is reachable"));
-    let status = service.terminate();
-    assert!(status.is_some_and(|s| s.success()), "exit {status:?}");
+    assert_clean_exit(&mut service);
     eprintln!("late: done in {:?}", t0.elapsed());
 }
 
@@ -473,24 +432,13 @@ async fn a_service_killed_mid_stream_replays_to_the_exact_counts() {
         return;
     };
     let t0 = Instant::now();
-    let topic = unique("faults-sigkill");
-    create_topic(&bootstrap, &topic, 4).await;
-    let dir = TempDir::new("faults-sigkill");
-    let (tokens_path, tokens) = write_tokens(&dir.0);
+    let (topic, dir, tokens_path, tokens) = topic_and_tokens(&bootstrap, "faults-sigkill", 4).await;
     let mut workload = Workload::new(0x0516_1111, 900);
     produce(&bootstrap, &topic, workload.records(3_000, 0.005)).await;
 
     let http = http();
     let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &[]);
-    let before = wait_exact(
-        &mut service,
-        &http,
-        &tokens,
-        &workload.model,
-        CONVERGE,
-        true,
-    )
-    .await;
+    let before = converge(&mut service, &http, &tokens, &workload, true).await;
     let writer = produce_in_background(&bootstrap, &topic, workload.records(2_000, 0.005), 400.0);
     wait_until_changed(&mut service, &http, &tokens, &before.bodies).await;
     service.kill();
@@ -500,24 +448,13 @@ async fn a_service_killed_mid_stream_replays_to_the_exact_counts() {
     );
 
     let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &[]);
-    tokio::task::spawn_blocking(move || writer.join().expect("writer"))
-        .await
-        .expect("writer");
-    let seen = wait_exact(
-        &mut service,
-        &http,
-        &tokens,
-        &workload.model,
-        CONVERGE,
-        true,
-    )
-    .await;
+    join_writer(writer).await;
+    let seen = converge(&mut service, &http, &tokens, &workload, true).await;
     eprintln!(
         "sigkill: exact after restart in {:?} ({:?})",
         seen.after, seen.statuses
     );
-    let status = service.terminate();
-    assert!(status.is_some_and(|s| s.success()), "exit {status:?}");
+    assert_clean_exit(&mut service);
     delete_topic(&bootstrap, &topic).await;
 }
 
@@ -529,10 +466,7 @@ async fn partitions_added_while_running_are_picked_up() {
     let Some(bootstrap) = bootstrap() else {
         return;
     };
-    let topic = unique("faults-grow");
-    create_topic(&bootstrap, &topic, 2).await;
-    let dir = TempDir::new("faults-grow");
-    let (tokens_path, tokens) = write_tokens(&dir.0);
+    let (topic, dir, tokens_path, tokens) = topic_and_tokens(&bootstrap, "faults-grow", 2).await;
     let mut workload = Workload::new(0x6_2011, 600);
     workload.pin_by_key(2);
     produce(&bootstrap, &topic, workload.records(2_000, 0.005)).await;
@@ -540,15 +474,7 @@ async fn partitions_added_while_running_are_picked_up() {
     let http = http();
     let flags = ["--metadata-interval", "1"];
     let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &flags);
-    wait_exact(
-        &mut service,
-        &http,
-        &tokens,
-        &workload.model,
-        CONVERGE,
-        true,
-    )
-    .await;
+    converge(&mut service, &http, &tokens, &workload, true).await;
 
     add_partitions(&bootstrap, &topic, 4).await;
     // The producer must see the new partitions before it can be told to write to them.
@@ -572,15 +498,7 @@ async fn partitions_added_while_running_are_picked_up() {
     let landed = produce(&bootstrap, &topic, workload.records(2_000, 0.005)).await;
     let on_new = landed.iter().filter(|(p, _)| *p >= 2).count();
     assert!(on_new > 200, "the new partitions got records: {on_new}");
-    let seen = wait_exact(
-        &mut service,
-        &http,
-        &tokens,
-        &workload.model,
-        CONVERGE,
-        false,
-    )
-    .await;
+    let seen = converge(&mut service, &http, &tokens, &workload, false).await;
     eprintln!(
         "grow: {on_new} records on the new partitions; exact {:?} after they were written, {:?} \
          after the partitions were added",
@@ -596,8 +514,7 @@ async fn partitions_added_while_running_are_picked_up() {
             "partition {partition} is consumed and caught up"
         );
     }
-    let status = service.terminate();
-    assert!(status.is_some_and(|s| s.success()), "exit {status:?}");
+    assert_clean_exit(&mut service);
     delete_topic(&bootstrap, &topic).await;
 }
 
@@ -623,10 +540,8 @@ async fn two_replicas_answer_byte_identical_bodies() {
     let Some(bootstrap) = bootstrap() else {
         return;
     };
-    let topic = unique("faults-replicas");
-    create_topic(&bootstrap, &topic, 3).await;
-    let dir = TempDir::new("faults-replicas");
-    let (tokens_path, tokens) = write_tokens(&dir.0);
+    let (topic, dir, tokens_path, tokens) =
+        topic_and_tokens(&bootstrap, "faults-replicas", 3).await;
     let mut workload = Workload::new(0x2EB1_1CA5, 900);
     produce(&bootstrap, &topic, workload.records(3_000, 0.005)).await;
 
@@ -634,11 +549,9 @@ async fn two_replicas_answer_byte_identical_bodies() {
     let mut a = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &[]);
     let mut b = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &[]);
     let writer = produce_in_background(&bootstrap, &topic, workload.records(1_500, 0.005), 500.0);
-    tokio::task::spawn_blocking(move || writer.join().expect("writer"))
-        .await
-        .expect("writer");
-    let seen_a = wait_exact(&mut a, &http, &tokens, &workload.model, CONVERGE, true).await;
-    let seen_b = wait_exact(&mut b, &http, &tokens, &workload.model, CONVERGE, true).await;
+    join_writer(writer).await;
+    let seen_a = converge(&mut a, &http, &tokens, &workload, true).await;
+    let seen_b = converge(&mut b, &http, &tokens, &workload, true).await;
     for client in CLIENTS {
         assert_eq!(seen_a.bodies[client], seen_b.bodies[client], "{client}");
         for zones in [
@@ -672,8 +585,7 @@ async fn two_replicas_answer_byte_identical_bodies() {
         "the permit gauges agree too"
     );
     for service in [&mut a, &mut b] {
-        let status = service.terminate();
-        assert!(status.is_some_and(|s| s.success()), "exit {status:?}");
+        assert_clean_exit(service);
     }
     delete_topic(&bootstrap, &topic).await;
 }
@@ -737,24 +649,13 @@ async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
     let Some(bootstrap) = bootstrap() else {
         return;
     };
-    let topic = unique("faults-term");
-    create_topic(&bootstrap, &topic, 2).await;
-    let dir = TempDir::new("faults-term");
-    let (tokens_path, tokens) = write_tokens(&dir.0);
+    let (topic, dir, tokens_path, tokens) = topic_and_tokens(&bootstrap, "faults-term", 2).await;
     let mut workload = Workload::new(0x7E5, 300);
     produce(&bootstrap, &topic, workload.records(1_000, 0.0)).await;
     let http = http();
     let flags = ["--shutdown-grace", "10"];
     let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &flags);
-    wait_exact(
-        &mut service,
-        &http,
-        &tokens,
-        &workload.model,
-        CONVERGE,
-        true,
-    )
-    .await;
+    converge(&mut service, &http, &tokens, &workload, true).await;
 
     let (mut stream, body) = open_in_flight_request(&service.addr, &tokens[CLIENTS[0]]);
     let term = Instant::now();
@@ -799,24 +700,13 @@ async fn a_stuck_request_does_not_hold_shutdown_beyond_the_grace_period() {
     let Some(bootstrap) = bootstrap() else {
         return;
     };
-    let topic = unique("faults-stuck");
-    create_topic(&bootstrap, &topic, 1).await;
-    let dir = TempDir::new("faults-stuck");
-    let (tokens_path, tokens) = write_tokens(&dir.0);
+    let (topic, dir, tokens_path, tokens) = topic_and_tokens(&bootstrap, "faults-stuck", 1).await;
     let mut workload = Workload::new(0x57CC, 100);
     produce(&bootstrap, &topic, workload.records(200, 0.0)).await;
     let http = http();
     let flags = ["--shutdown-grace", "2", "--body-read-timeout", "60"];
     let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &flags);
-    wait_exact(
-        &mut service,
-        &http,
-        &tokens,
-        &workload.model,
-        CONVERGE,
-        true,
-    )
-    .await;
+    converge(&mut service, &http, &tokens, &workload, true).await;
 
     let (_stream, _body) = open_in_flight_request(&service.addr, &tokens[CLIENTS[0]]);
     let term = Instant::now();

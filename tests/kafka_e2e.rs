@@ -18,28 +18,19 @@
 //! case they fail. `PERMIT_STATS_E2E_SEED` changes the seed of the generated stream,
 //! `PERMIT_STATS_E2E_BULK` the number of extra bulk events (see [`BULK_EVENTS`]).
 
+mod resilience;
+
 use std::{
     collections::{BTreeMap, HashMap},
-    fmt::Write as _,
-    fs,
-    io::{BufRead as _, BufReader},
-    net::TcpListener,
-    path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
-use permit_stats::{auth, events::pb};
+use permit_stats::events::pb;
 use prost::Message as _;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
-use rdkafka::{
-    ClientConfig, ClientContext,
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
-    error::{KafkaError, RDKafkaErrorCode},
-    message::{Header, OwnedHeaders},
-    producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext},
+use resilience::{
+    Answer, Bad, Model, Record, Service, TempDir, bootstrap, create_topic, delete_topic, get, http,
+    metric, produce, reference_id, stats, stats_request, try_send, unique, write_tokens_for,
 };
 use serde_json::Value;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
@@ -95,33 +86,6 @@ const LIVE_DEADLINE: Duration = Duration::from_secs(30);
 /// Poll step.
 const STEP: Duration = Duration::from_millis(20);
 
-// ---------------------------------------------------------------------------------------------
-// The broker gate.
-// ---------------------------------------------------------------------------------------------
-
-/// The bootstrap address of the real broker; `None` (after a loud notice) when a developer runs
-/// the tests without one. In CI a missing broker is a failure.
-fn bootstrap() -> Option<String> {
-    match std::env::var("KAFKA_BOOTSTRAP") {
-        Ok(b) if !b.trim().is_empty() => Some(b.trim().to_owned()),
-        _ => {
-            if std::env::var_os("CI").is_some() {
-                panic!(
-                    "real-Kafka tests need KAFKA_BOOTSTRAP; run them through scripts/kafka.sh run -- cargo test"
-                );
-            }
-            eprintln!(
-                "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-                 !! SKIPPED: real-Kafka end-to-end test (KAFKA_BOOTSTRAP is not set).          !!\n\
-                 !! This is NOT evidence that the service works with Kafka. Run:               !!\n\
-                 !!   scripts/kafka.sh run -- cargo test --test kafka_e2e -- --nocapture       !!\n\
-                 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
-            );
-            None
-        }
-    }
-}
-
 fn env_number(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
         Ok(v) => v
@@ -132,195 +96,10 @@ fn env_number(name: &str, default: u64) -> u64 {
     }
 }
 
-fn unique_suffix() -> String {
-    format!("{}-{:08x}", std::process::id(), rand::rng().random::<u32>())
-}
-
 // ---------------------------------------------------------------------------------------------
-// The reference model: the five rules of spec/events.md, literally.
+// The generated stream (the reference model and the Kafka, service and HTTP fixtures are in
+// `tests/resilience/mod.rs`).
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct ModelPermit {
-    live: bool,
-    zone: String,
-    permit_type: String,
-    /// 0 = no revision stored.
-    revision: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ModelOutcome {
-    Created,
-    Updated,
-    Deleted,
-    OrphanUpdate,
-    OrphanDelete,
-    Stale,
-}
-
-#[derive(Debug, Default, Clone)]
-struct Model {
-    permits: HashMap<(String, String), ModelPermit>,
-    /// Newest `occurred_at` (ms) among the events applied to each client.
-    as_of_ms: HashMap<String, i64>,
-    /// Outcomes so far, for the event counters of `/metrics`.
-    outcomes: HashMap<&'static str, u64>,
-}
-
-impl ModelOutcome {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Updated => "updated",
-            Self::Deleted => "deleted",
-            Self::OrphanUpdate => "orphan_update",
-            Self::OrphanDelete => "orphan_delete",
-            Self::Stale => "stale_revision",
-        }
-    }
-}
-
-impl Model {
-    /// Applies one valid event.
-    fn apply(&mut self, event: &pb::PermitEvent) -> ModelOutcome {
-        use pb::permit_event::Change;
-        let key = (event.client.clone(), event.reference_id.clone());
-        let stored = self.permits.get(&key).cloned();
-        // Rule 5 (checked first): both carry a revision and the event's is not greater: stale.
-        if let Some(s) = &stored
-            && event.revision != 0
-            && s.revision != 0
-            && event.revision <= s.revision
-        {
-            return self.count(ModelOutcome::Stale);
-        }
-        let live = stored.as_ref().filter(|s| s.live);
-        let (next, outcome) = match event
-            .change
-            .as_ref()
-            .expect("generated events have a change")
-        {
-            // Rule 1: live with exactly these fields.
-            Change::Created(c) => (
-                Some((c.zone.clone(), c.permit_type.clone())),
-                ModelOutcome::Created,
-            ),
-            Change::Updated(u) => match live {
-                // Rule 2: merge the present fields.
-                Some(s) => (
-                    Some((
-                        u.zone.clone().unwrap_or_else(|| s.zone.clone()),
-                        u.permit_type
-                            .clone()
-                            .unwrap_or_else(|| s.permit_type.clone()),
-                    )),
-                    ModelOutcome::Updated,
-                ),
-                // Rule 3: unknown or deleted: a create when it carries zone and type.
-                None => match (&u.zone, &u.permit_type) {
-                    (Some(z), Some(t)) => (Some((z.clone(), t.clone())), ModelOutcome::Updated),
-                    _ => return self.count(ModelOutcome::OrphanUpdate),
-                },
-            },
-            Change::Deleted(_) => match live {
-                Some(_) => (None, ModelOutcome::Deleted),
-                // Rule 4.
-                None => return self.count(ModelOutcome::OrphanDelete),
-            },
-        };
-        let revision = if event.revision != 0 {
-            event.revision
-        } else {
-            stored.as_ref().map_or(0, |s| s.revision)
-        };
-        let state = match next {
-            Some((zone, permit_type)) => ModelPermit {
-                live: true,
-                zone,
-                permit_type,
-                revision,
-            },
-            None => {
-                let s = stored.expect("a delete applies only to a live permit");
-                ModelPermit {
-                    live: false,
-                    revision,
-                    ..s
-                }
-            }
-        };
-        self.permits.insert(key, state);
-        if let Some(at) = &event.occurred_at {
-            let ms = at.seconds * 1000 + i64::from(at.nanos) / 1_000_000;
-            let entry = self.as_of_ms.entry(event.client.clone()).or_insert(ms);
-            *entry = (*entry).max(ms);
-        }
-        self.count(outcome)
-    }
-
-    fn count(&mut self, outcome: ModelOutcome) -> ModelOutcome {
-        *self.outcomes.entry(outcome.label()).or_default() += 1;
-        outcome
-    }
-
-    fn is_live(&self, client: &str, id: &str) -> bool {
-        self.permits
-            .get(&(client.to_owned(), id.to_owned()))
-            .is_some_and(|p| p.live)
-    }
-
-    /// The non-zero counters of one client, sorted by zone then type in byte order (`String`'s
-    /// `Ord` is byte order); only the given zones when `zones` is `Some`.
-    fn rows(&self, client: &str, zones: Option<&[&str]>) -> Vec<(String, String, u64)> {
-        let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
-        for ((c, _), p) in &self.permits {
-            if c == client && p.live && zones.is_none_or(|z| z.contains(&p.zone.as_str())) {
-                *counts
-                    .entry((p.zone.clone(), p.permit_type.clone()))
-                    .or_default() += 1;
-            }
-        }
-        counts.into_iter().map(|((z, t), n)| (z, t, n)).collect()
-    }
-
-    /// The exact response body the stats request must answer.
-    fn body(&self, client: &str, zones: Option<&[&str]>) -> String {
-        let mut out = String::from("{\"data\":[");
-        for (i, (zone, permit_type, total)) in self.rows(client, zones).iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            write!(
-                out,
-                "{{\"type\":{},\"zone\":{},\"total\":\"{total}\"}}",
-                json_string(permit_type),
-                json_string(zone)
-            )
-            .expect("writing to a String");
-        }
-        out.push_str("]}");
-        out
-    }
-}
-
-fn json_string(s: &str) -> String {
-    serde_json::to_string(s).expect("a string serializes")
-}
-
-// ---------------------------------------------------------------------------------------------
-// The generated stream.
-// ---------------------------------------------------------------------------------------------
-
-/// One Kafka record to produce.
-#[derive(Debug, Clone)]
-struct Record {
-    key: String,
-    payload: Vec<u8>,
-    content_type: Option<&'static str>,
-    /// `Some` for a good record (what it decodes to), `None` for a bad one.
-    event: Option<pb::PermitEvent>,
-}
 
 #[derive(Debug)]
 struct GenPermit {
@@ -341,8 +120,8 @@ struct Generator {
     model: Model,
     permits: Vec<GenPermit>,
     bulk: Vec<GenPermit>,
-    /// Good records produced so far, for exact duplicates.
-    history: Vec<Record>,
+    /// Good records produced so far, with their events, for exact duplicates.
+    history: Vec<(Record, pb::PermitEvent)>,
     clock_ms: i64,
     garbage: usize,
     garbage_by_kind: BTreeMap<&'static str, usize>,
@@ -464,9 +243,10 @@ impl Generator {
             key: event.reference_id.clone(),
             payload,
             content_type,
-            event: Some(event),
+            partition: None,
+            bad: None,
         };
-        self.history.push(record.clone());
+        self.history.push((record.clone(), event));
         record
     }
 
@@ -479,13 +259,12 @@ impl Generator {
         }
         if roll < 40 && !self.history.is_empty() {
             // An exact redelivery of an earlier good record: same key, bytes and headers.
-            let record = self
+            let (record, event) = self
                 .history
                 .choose(&mut self.rng)
                 .expect("not empty")
                 .clone();
-            self.model
-                .apply(record.event.as_ref().expect("history holds good records"));
+            self.model.apply(&event);
             return record;
         }
         if roll < 55 {
@@ -609,7 +388,7 @@ impl Generator {
         let change = self.created();
         // Revision 0 so that even a mistaken decode could not guard anything.
         let mut event = self.event(client, &id, 0, change);
-        let (name, payload, content_type) = match kind {
+        let (name, bad, payload, content_type) = match kind {
             0 => {
                 let mut bytes = event.encode_to_vec();
                 bytes.pop();
@@ -621,16 +400,22 @@ impl Generator {
                     .rng
                     .random_bool(0.5)
                     .then_some("application/x-protobuf");
-                ("truncated protobuf", bytes, ct)
+                ("truncated protobuf", Bad::TruncatedProtobuf, bytes, ct)
             }
             1 => {
                 let json = serde_json::to_vec(&event).expect("serializes");
                 let bytes = json[..json.len() / 2].to_vec();
                 assert!(serde_json::from_slice::<pb::PermitEvent>(&bytes).is_err());
-                ("invalid JSON", bytes, Some("application/json"))
+                (
+                    "invalid JSON",
+                    Bad::InvalidJson,
+                    bytes,
+                    Some("application/json"),
+                )
             }
             2 => (
                 "text/plain",
+                Bad::WrongContentType,
                 serde_json::to_vec(&event).expect("serializes"),
                 Some("text/plain"),
             ),
@@ -639,11 +424,17 @@ impl Generator {
                 if self.rng.random_bool(0.5) {
                     (
                         "missing client",
+                        Bad::MissingClient,
                         serde_json::to_vec(&event).expect("serializes"),
                         Some("application/json"),
                     )
                 } else {
-                    ("missing client", event.encode_to_vec(), None)
+                    (
+                        "missing client",
+                        Bad::MissingClient,
+                        event.encode_to_vec(),
+                        None,
+                    )
                 }
             }
         };
@@ -652,7 +443,8 @@ impl Generator {
             key: id,
             payload,
             content_type,
-            event: None,
+            partition: None,
+            bad: Some(bad),
         }
     }
 
@@ -664,7 +456,7 @@ impl Generator {
         while main_left + bulk_left > 0 {
             if self.rng.random_range(0..main_left + bulk_left) < main_left {
                 let record = self.next_main(true);
-                if record.event.is_some() {
+                if record.bad.is_none() {
                     main_left -= 1;
                 }
                 out.push(record);
@@ -675,329 +467,6 @@ impl Generator {
         }
         out
     }
-}
-
-fn reference_id(rng: &mut StdRng, i: usize) -> String {
-    let uuid = format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        rng.random::<u32>(),
-        rng.random::<u16>(),
-        rng.random::<u16>() & 0xfff,
-        0x8000 | (rng.random::<u16>() & 0x3fff),
-        rng.random::<u64>() & 0xffff_ffff_ffff
-    );
-    match i % 10 {
-        // Uppercase and dash-less UUIDs and plain codes are different reference ids.
-        7 => uuid.to_uppercase(),
-        8 => uuid.replace('-', ""),
-        9 => format!("P-{i:05}"),
-        _ => uuid,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Kafka: topic and an independent producer.
-// ---------------------------------------------------------------------------------------------
-
-async fn create_topic(bootstrap: &str, name: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
-    let topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1));
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
-    let results = admin
-        .create_topics([&topic], &options)
-        .await
-        .expect("create_topics request");
-    for result in results {
-        result.unwrap_or_else(|(topic, code)| panic!("cannot create topic {topic}: {code}"));
-    }
-}
-
-async fn delete_topic(bootstrap: &str, name: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
-    let _ = admin.delete_topics(&[name], &AdminOptions::new()).await;
-}
-
-#[derive(Default)]
-struct DeliveryCounter {
-    failed: AtomicUsize,
-}
-
-impl ClientContext for DeliveryCounter {}
-
-impl ProducerContext for DeliveryCounter {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            eprintln!("test producer: delivery failed: {e}");
-            self.failed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Writes the records in order, keyed by reference id, and waits until all are acknowledged.
-async fn produce(bootstrap: &str, topic: &str, records: Vec<Record>) {
-    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let producer: BaseProducer<DeliveryCounter> = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("acks", "all")
-            // Keeps each key's records in order and single across retries.
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "10")
-            .set("batch.num.messages", "10000")
-            .set("queue.buffering.max.messages", "1000000")
-            .create_with_context(DeliveryCounter::default())
-            .expect("test producer");
-        for record in &records {
-            let headers = record.content_type.map(|ct| {
-                OwnedHeaders::new().insert(Header {
-                    key: "content-type",
-                    value: Some(ct),
-                })
-            });
-            let mut base = BaseRecord::to(&topic)
-                .key(record.key.as_str())
-                .payload(record.payload.as_slice());
-            if let Some(h) = headers {
-                base = base.headers(h);
-            }
-            loop {
-                match producer.send(base) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        base = back;
-                        producer.poll(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => panic!("test producer: cannot enqueue: {e}"),
-                }
-            }
-            producer.poll(Duration::ZERO);
-        }
-        producer
-            .flush(Duration::from_secs(60))
-            .expect("test producer: flush");
-        assert_eq!(
-            producer.context().failed.load(Ordering::Relaxed),
-            0,
-            "every record must be delivered"
-        );
-    })
-    .await
-    .expect("producer thread");
-}
-
-// ---------------------------------------------------------------------------------------------
-// The service under test: the real binary.
-// ---------------------------------------------------------------------------------------------
-
-/// A temporary folder removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("{prefix}-{}", unique_suffix()));
-        fs::create_dir_all(&path).expect("temp dir");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        // The service's log tail is printed on failure (see `Service`), so nothing is kept.
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// A running `permit-stats serve`; SIGTERM (then SIGKILL after 10 s) on drop.
-struct Service {
-    child: Option<Child>,
-    base: String,
-    log: PathBuf,
-    started: Instant,
-}
-
-impl Service {
-    fn start(
-        bootstrap: &str,
-        topic: &str,
-        tokens: &std::path::Path,
-        dir: &std::path::Path,
-    ) -> Self {
-        let port = free_port();
-        let log = dir.join(format!("service-{port}.log"));
-        let log_file = fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_permit-stats"))
-            .args(["serve", "--brokers", bootstrap, "--topic", topic])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--tokens")
-            .arg(tokens)
-            .env("RUST_LOG", "info,librdkafka=warn")
-            .env_remove("PERMIT_STATS_DEMO")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log file"))
-            .stderr(log_file)
-            .spawn()
-            .expect("start permit-stats serve");
-        Self {
-            child: Some(child),
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-            started: Instant::now(),
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let Ok(file) = fs::File::open(&self.log) else {
-            return String::new();
-        };
-        let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    /// Panics (with the service's log) if the process has exited.
-    fn assert_running(&mut self) {
-        if let Some(child) = &mut self.child
-            && let Ok(Some(status)) = child.try_wait()
-        {
-            panic!(
-                "permit-stats exited unexpectedly ({status}); its log:\n{}",
-                self.log_tail()
-            );
-        }
-    }
-
-    /// SIGTERM, then wait up to 10 s; the exit status, or `None` if it had to be killed.
-    fn terminate(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let panicking = std::thread::panicking();
-        self.terminate();
-        if panicking {
-            eprintln!(
-                "---- permit-stats log ({}) ----\n{}\n----",
-                self.log.display(),
-                self.log_tail()
-            );
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// HTTP.
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
-    }
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("http client")
-}
-
-/// `Err` only when the connection was refused (the listener is not up yet).
-async fn try_send(request: reqwest::RequestBuilder) -> Result<Answer, ()> {
-    match request.send().await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            let body = response.bytes().await.expect("response body").to_vec();
-            Ok(Answer {
-                status,
-                headers,
-                body,
-            })
-        }
-        Err(e) if e.is_connect() => Err(()),
-        Err(e) => panic!("HTTP request failed: {e}"),
-    }
-}
-
-fn stats_request(
-    http: &reqwest::Client,
-    base: &str,
-    client: &str,
-    token: &str,
-    zones: Option<&str>,
-) -> reqwest::RequestBuilder {
-    let mut body = serde_json::json!({ "apiToken": token });
-    if let Some(zones) = zones {
-        body["zones"] = Value::from(zones);
-    }
-    http.post(format!("{base}/api/{client}/v1/permits/stats"))
-        .header("Accept", "application/json")
-        .json(&body)
-}
-
-async fn stats(
-    http: &reqwest::Client,
-    base: &str,
-    client: &str,
-    token: &str,
-    zones: Option<&str>,
-) -> Answer {
-    try_send(stats_request(http, base, client, token, zones))
-        .await
-        .expect("the service is listening")
-}
-
-async fn get(http: &reqwest::Client, url: String) -> Answer {
-    try_send(http.get(url))
-        .await
-        .expect("the service is listening")
 }
 
 /// What the test saw while waiting for a start to become ready.
@@ -1174,22 +643,6 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The sum of every sample of `name` whose label set contains `filter` (e.g. `kind="created"`).
-fn metric_sum(page: &str, name: &str, filter: &str) -> f64 {
-    page.lines()
-        .filter(|line| {
-            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
-        })
-        .filter(|line| line.contains(filter))
-        .map(|line| {
-            line.rsplit(' ')
-                .next()
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or_else(|| panic!("unparsable sample: {line}"))
-        })
-        .sum()
-}
-
 /// `/metrics`: live-permit gauges equal the model for every client, and every record is counted.
 fn check_metrics(page: &str, model: &Model, clients: &[&str], garbage: usize) {
     let mut expected: HashMap<String, u64> = HashMap::new();
@@ -1241,7 +694,7 @@ fn check_metrics(page: &str, model: &Model, clients: &[&str], garbage: usize) {
          other ingest metric: permit_stats_ready present: {}); page:\n{page}",
         page.lines().any(|l| l.starts_with("permit_stats_ready "))
     );
-    let rejected = metric_sum(page, "permit_stats_records_rejected_total", "");
+    let rejected = metric(page, "permit_stats_records_rejected_total", "");
     assert_eq!(
         rejected,
         garbage as f64,
@@ -1252,7 +705,7 @@ fn check_metrics(page: &str, model: &Model, clients: &[&str], garbage: usize) {
             .join("\n")
     );
     for kind in ["created", "updated", "deleted"] {
-        let got = metric_sum(
+        let got = metric(
             page,
             "permit_stats_events_applied_total",
             &format!("kind=\"{kind}\""),
@@ -1264,7 +717,7 @@ fn check_metrics(page: &str, model: &Model, clients: &[&str], garbage: usize) {
         );
     }
     for reason in ["orphan_update", "orphan_delete", "stale_revision"] {
-        let got = metric_sum(
+        let got = metric(
             page,
             "permit_stats_events_skipped_total",
             &format!("reason=\"{reason}\""),
@@ -1275,19 +728,6 @@ fn check_metrics(page: &str, model: &Model, clients: &[&str], garbage: usize) {
             "permit_stats_events_skipped_total{{reason=\"{reason}\"}}"
         );
     }
-}
-
-fn write_tokens(dir: &std::path::Path, clients: &[&str]) -> (PathBuf, HashMap<String, String>) {
-    let mut text = String::new();
-    let mut tokens = HashMap::new();
-    for client in clients {
-        let token = auth::generate();
-        text.push_str(&auth::entry_for(&token, client, &format!("e2e {client}")).expect("entry"));
-        tokens.insert((*client).to_owned(), token);
-    }
-    let path = dir.join("tokens.toml");
-    fs::write(&path, text).expect("write token file");
-    (path, tokens)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1305,12 +745,12 @@ async fn replay_restart_and_live_updates_match_the_reference_model() {
     let seed = env_number("PERMIT_STATS_E2E_SEED", DEFAULT_SEED);
     let bulk =
         usize::try_from(env_number("PERMIT_STATS_E2E_BULK", BULK_EVENTS as u64)).expect("fits");
-    let topic = format!("permit-stats-e2e-{}", unique_suffix());
+    let topic = unique("permit-stats-e2e");
     eprintln!("e2e: seed {seed:#x}, topic {topic}, bulk {bulk}");
 
     let dir = TempDir::new("permit-stats-e2e");
     let all_clients = [CLIENTS[0], CLIENTS[1], BULK_CLIENT];
-    let (tokens_path, tokens) = write_tokens(&dir.0, &all_clients);
+    let (tokens_path, tokens) = write_tokens_for(&dir.0, &all_clients, |c| format!("e2e {c}"));
 
     let mut generator = Generator::new(seed);
     let records = generator.initial(bulk);
@@ -1329,7 +769,7 @@ async fn replay_restart_and_live_updates_match_the_reference_model() {
         "every kind of bad record is in the stream"
     );
 
-    create_topic(&bootstrap, &topic).await;
+    create_topic(&bootstrap, &topic, PARTITIONS).await;
     let t_produce = Instant::now();
     produce(&bootstrap, &topic, records).await;
     eprintln!("e2e: produced in {:?}", t_produce.elapsed());
@@ -1338,7 +778,7 @@ async fn replay_restart_and_live_updates_match_the_reference_model() {
     let model = generator.model.clone();
 
     // ---- first start --------------------------------------------------------------------
-    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0);
+    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &[]);
     let seen = wait_ready(
         &mut service,
         &http,
@@ -1427,7 +867,7 @@ async fn replay_restart_and_live_updates_match_the_reference_model() {
     );
     drop(service);
 
-    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0);
+    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &[]);
     let seen = wait_ready(
         &mut service,
         &http,
@@ -1457,7 +897,7 @@ async fn replay_restart_and_live_updates_match_the_reference_model() {
     let mut good = 0;
     while good < LIVE_EVENTS {
         let record = generator.next_main(true);
-        good += usize::from(record.event.is_some());
+        good += usize::from(record.bad.is_none());
         live.push(record);
     }
     let garbage = generator.garbage;
@@ -1531,13 +971,13 @@ async fn an_empty_topic_is_ready_with_no_rows() {
     let Some(bootstrap) = bootstrap() else {
         return;
     };
-    let topic = format!("permit-stats-e2e-empty-{}", unique_suffix());
+    let topic = unique("permit-stats-e2e-empty");
     let dir = TempDir::new("permit-stats-e2e-empty");
-    let (tokens_path, tokens) = write_tokens(&dir.0, &CLIENTS);
-    create_topic(&bootstrap, &topic).await;
+    let (tokens_path, tokens) = write_tokens_for(&dir.0, &CLIENTS, |c| format!("e2e {c}"));
+    create_topic(&bootstrap, &topic, PARTITIONS).await;
 
     let http = http();
-    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0);
+    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &[]);
     let seen = wait_ready(&mut service, &http, CLIENTS[0], &tokens[CLIENTS[0]], 0).await;
     eprintln!(
         "e2e empty: ready after {:?} ({} stats 503s)",

@@ -23,8 +23,8 @@ use std::{
 
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use resilience::{
-    CLIENTS, Service, TempDir, Workload, bootstrap, create_topic, delete_topic, get, http, metric,
-    produce, produce_in_background, stats, unique, wait_exact, write_tokens,
+    CLIENTS, Service, Workload, assert_clean_exit, bootstrap, delete_topic, get, http, join_writer,
+    metric, produce, produce_in_background, stats, topic_and_tokens, wait_exact,
 };
 
 /// Permits of the soak: the set is fixed, so that the projection's size has a bound.
@@ -50,10 +50,7 @@ async fn a_minute_of_ingest_and_reads_keeps_memory_level_and_counts_exact() {
     let t0 = Instant::now();
     let secs = env_number("PERMIT_STATS_SOAK_SECS", 50.0);
     let rate = env_number("PERMIT_STATS_SOAK_RATE", 1_500.0);
-    let topic = unique("soak");
-    create_topic(&bootstrap, &topic, 4).await;
-    let dir = TempDir::new("soak");
-    let (tokens_path, tokens) = write_tokens(&dir.0);
+    let (topic, dir, tokens_path, tokens) = topic_and_tokens(&bootstrap, "soak", 4).await;
 
     // Fill first, so that the stream then churns a projection of steady size.
     let mut workload = Workload::new(0x50A4, PERMITS);
@@ -117,9 +114,7 @@ async fn a_minute_of_ingest_and_reads_keeps_memory_level_and_counts_exact() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let streamed = stream_started.elapsed();
-    tokio::task::spawn_blocking(move || writer.join().expect("writer"))
-        .await
-        .expect("writer");
+    join_writer(writer).await;
     let seen = wait_exact(
         &mut service,
         &http,
@@ -188,8 +183,7 @@ async fn a_minute_of_ingest_and_reads_keeps_memory_level_and_counts_exact() {
         workload.bad_total() as f64,
         "every bad record was counted"
     );
-    let status = service.terminate();
-    assert!(status.is_some_and(|s| s.success()), "exit {status:?}");
+    assert_clean_exit(&mut service);
     delete_topic(&bootstrap, &topic).await;
     eprintln!("soak: done in {:?}", t0.elapsed());
 }

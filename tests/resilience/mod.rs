@@ -1,7 +1,8 @@
-//! Shared by the resilience tests (`tests/faults.rs`, `tests/soak.rs`): a seeded workload of
-//! permit events written by an independent producer, an independent reference model of the five
-//! rules of `spec/events.md`, the real `permit-stats serve` binary, HTTP helpers, and brokers of
-//! the tests' own that can be stopped and started again (`scripts/kafka.sh down` / `up`).
+//! The real-Kafka fixtures, shared by `tests/kafka_e2e.rs` and the resilience tests
+//! (`tests/faults.rs`, `tests/soak.rs`): an independent reference model of the five rules of
+//! `spec/events.md`, a seeded workload of permit events, topics and an independent producer, the
+//! real `permit-stats serve` binary, HTTP helpers, and brokers of the tests' own that can be
+//! stopped and started again (`scripts/kafka.sh down` / `up`).
 //!
 //! Nothing here uses the crate's projection, generator or producer: the answer a test expects is
 //! computed by [`Model`], which follows the rules literally, event by event, in the order the
@@ -56,8 +57,9 @@ pub fn bootstrap() -> Option<String> {
                 "real-Kafka tests need KAFKA_BOOTSTRAP; run them through scripts/kafka.sh run -- cargo test"
             );
             eprintln!(
-                "\n!! SKIPPED: real-Kafka resilience test (KAFKA_BOOTSTRAP is not set). This is NOT\n\
-                 !! evidence of anything. Run: scripts/kafka.sh run -- cargo test --test faults\n"
+                "\n!! SKIPPED: real-Kafka test (KAFKA_BOOTSTRAP is not set). This is NOT evidence\n\
+                 !! of anything. Run: scripts/kafka.sh run -- cargo test --test {} -- --nocapture\n",
+                env!("CARGO_CRATE_NAME")
             );
             None
         }
@@ -102,52 +104,90 @@ struct ModelPermit {
     live: bool,
     zone: String,
     permit_type: String,
-    /// 0 = none stored.
+    /// 0 = no revision stored.
     revision: u64,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelOutcome {
+    Created,
+    Updated,
+    Deleted,
+    OrphanUpdate,
+    OrphanDelete,
+    Stale,
+}
+
 /// The five rules, literally, over a `HashMap` of (client, reference id).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Model {
     permits: HashMap<(String, String), ModelPermit>,
+    /// Newest `occurred_at` (ms) among the events applied to each client.
+    pub as_of_ms: HashMap<String, i64>,
+    /// Outcomes so far, for the event counters of `/metrics`.
+    pub outcomes: HashMap<&'static str, u64>,
+}
+
+impl ModelOutcome {
+    /// The label of the event counters of `/metrics`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::Deleted => "deleted",
+            Self::OrphanUpdate => "orphan_update",
+            Self::OrphanDelete => "orphan_delete",
+            Self::Stale => "stale_revision",
+        }
+    }
 }
 
 impl Model {
     /// Applies one valid event.
-    pub fn apply(&mut self, event: &pb::PermitEvent) {
+    pub fn apply(&mut self, event: &pb::PermitEvent) -> ModelOutcome {
         use pb::permit_event::Change;
         let key = (event.client.clone(), event.reference_id.clone());
         let stored = self.permits.get(&key).cloned();
-        // Rule 5 first: both carry a revision and the event's is not greater: stale.
+        // Rule 5 (checked first): both carry a revision and the event's is not greater: stale.
         if let Some(s) = &stored
-            && s.revision != 0
             && event.revision != 0
+            && s.revision != 0
             && event.revision <= s.revision
         {
-            return;
+            return self.count(ModelOutcome::Stale);
         }
         let live = stored.as_ref().filter(|s| s.live);
-        let next = match event.change.as_ref().expect("a valid event has a change") {
-            // Rule 1.
-            Change::Created(c) => Some((c.zone.clone(), c.permit_type.clone())),
+        let (next, outcome) = match event
+            .change
+            .as_ref()
+            .expect("generated events have a change")
+        {
+            // Rule 1: live with exactly these fields.
+            Change::Created(c) => (
+                Some((c.zone.clone(), c.permit_type.clone())),
+                ModelOutcome::Created,
+            ),
             Change::Updated(u) => match live {
-                // Rule 2.
-                Some(s) => Some((
-                    u.zone.clone().unwrap_or_else(|| s.zone.clone()),
-                    u.permit_type
-                        .clone()
-                        .unwrap_or_else(|| s.permit_type.clone()),
-                )),
-                // Rule 3.
+                // Rule 2: merge the present fields.
+                Some(s) => (
+                    Some((
+                        u.zone.clone().unwrap_or_else(|| s.zone.clone()),
+                        u.permit_type
+                            .clone()
+                            .unwrap_or_else(|| s.permit_type.clone()),
+                    )),
+                    ModelOutcome::Updated,
+                ),
+                // Rule 3: unknown or deleted: a create when it carries zone and type.
                 None => match (&u.zone, &u.permit_type) {
-                    (Some(z), Some(t)) => Some((z.clone(), t.clone())),
-                    _ => return,
+                    (Some(z), Some(t)) => (Some((z.clone(), t.clone())), ModelOutcome::Updated),
+                    _ => return self.count(ModelOutcome::OrphanUpdate),
                 },
             },
             Change::Deleted(_) => match live {
-                Some(_) => None,
+                Some(_) => (None, ModelOutcome::Deleted),
                 // Rule 4.
-                None => return,
+                None => return self.count(ModelOutcome::OrphanDelete),
             },
         };
         let revision = if event.revision != 0 {
@@ -162,13 +202,27 @@ impl Model {
                 permit_type,
                 revision,
             },
-            None => ModelPermit {
-                live: false,
-                revision,
-                ..stored.expect("only a live permit is deleted")
-            },
+            None => {
+                let s = stored.expect("a delete applies only to a live permit");
+                ModelPermit {
+                    live: false,
+                    revision,
+                    ..s
+                }
+            }
         };
         self.permits.insert(key, state);
+        if let Some(at) = &event.occurred_at {
+            let ms = at.seconds * 1000 + i64::from(at.nanos) / 1_000_000;
+            let entry = self.as_of_ms.entry(event.client.clone()).or_insert(ms);
+            *entry = (*entry).max(ms);
+        }
+        self.count(outcome)
+    }
+
+    fn count(&mut self, outcome: ModelOutcome) -> ModelOutcome {
+        *self.outcomes.entry(outcome.label()).or_default() += 1;
+        outcome
     }
 
     /// Whether the permit is live.
@@ -183,8 +237,8 @@ impl Model {
         self.permits.values().filter(|p| p.live).count()
     }
 
-    /// Non-zero counters of one client sorted by zone then type (byte order); only the given
-    /// zones when `zones` is `Some`.
+    /// The non-zero counters of one client, sorted by zone then type in byte order (`String`'s
+    /// `Ord` is byte order); only the given zones when `zones` is `Some`.
     pub fn rows(&self, client: &str, zones: Option<&[&str]>) -> Vec<(String, String, u64)> {
         let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
         for ((c, _), p) in &self.permits {
@@ -197,7 +251,7 @@ impl Model {
         counts.into_iter().map(|((z, t), n)| (z, t, n)).collect()
     }
 
-    /// The exact body of the stats request.
+    /// The exact response body the stats request must answer.
     pub fn body(&self, client: &str, zones: Option<&[&str]>) -> String {
         let mut out = String::from("{\"data\":[");
         for (i, (zone, permit_type, total)) in self.rows(client, zones).iter().enumerate() {
@@ -207,14 +261,18 @@ impl Model {
             write!(
                 out,
                 "{{\"type\":{},\"zone\":{},\"total\":\"{total}\"}}",
-                serde_json::to_string(permit_type).expect("a string serializes"),
-                serde_json::to_string(zone).expect("a string serializes"),
+                json_string(permit_type),
+                json_string(zone)
             )
             .expect("writing to a String");
         }
         out.push_str("]}");
         out
     }
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -610,7 +668,8 @@ impl Workload {
     }
 }
 
-fn reference_id(rng: &mut StdRng, i: usize) -> String {
+/// A seeded reference id: mostly UUIDs, some uppercase or dash-less, some plain codes.
+pub fn reference_id(rng: &mut StdRng, i: usize) -> String {
     let uuid = format!(
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
         rng.random::<u32>(),
@@ -968,13 +1027,22 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Writes a token file with one token per client.
+/// Writes a token file with one token per client of [`CLIENTS`].
 pub fn write_tokens(dir: &Path) -> (PathBuf, HashMap<String, String>) {
+    write_tokens_for(dir, &CLIENTS, |_| "resilience".to_owned())
+}
+
+/// Writes a token file with one token per client, each named by `name(client)`.
+pub fn write_tokens_for(
+    dir: &Path,
+    clients: &[&str],
+    name: impl Fn(&str) -> String,
+) -> (PathBuf, HashMap<String, String>) {
     let mut text = String::new();
     let mut tokens = HashMap::new();
-    for client in CLIENTS {
+    for &client in clients {
         let token = auth::generate();
-        text.push_str(&auth::entry_for(&token, client, "resilience").expect("entry"));
+        text.push_str(&auth::entry_for(&token, client, &name(client)).expect("entry"));
         tokens.insert(client.to_owned(), token);
     }
     let path = dir.join("tokens.toml");
@@ -1322,6 +1390,33 @@ pub async fn wait_exact(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A fresh topic named `{name}-…` with `partitions` partitions, a temporary folder, and a token
+/// file for [`CLIENTS`] in it: (topic, folder, token file, tokens by client).
+pub async fn topic_and_tokens(
+    bootstrap: &str,
+    name: &str,
+    partitions: i32,
+) -> (String, TempDir, PathBuf, HashMap<String, String>) {
+    let topic = unique(name);
+    create_topic(bootstrap, &topic, partitions).await;
+    let dir = TempDir::new(name);
+    let (tokens_path, tokens) = write_tokens(&dir.0);
+    (topic, dir, tokens_path, tokens)
+}
+
+/// Waits (off the async threads) for a [`produce_in_background`] writer to finish.
+pub async fn join_writer(writer: thread::JoinHandle<Vec<(i32, i64)>>) {
+    tokio::task::spawn_blocking(move || writer.join().expect("writer"))
+        .await
+        .expect("writer");
+}
+
+/// SIGTERM; the service must exit 0.
+pub fn assert_clean_exit(service: &mut Service) {
+    let status = service.terminate();
+    assert!(status.is_some_and(|s| s.success()), "exit {status:?}");
 }
 
 /// A flag a background task sets when it should stop.
