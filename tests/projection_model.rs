@@ -690,8 +690,12 @@ proptest! {
                 TestCaseError::fail(format!("after event #{}: {e}", done - 1))
             })?;
         }
-        // Deep histories really happened: the stream is not all orphans.
-        prop_assert!(expected.applied.iter().sum::<u64>() > 0);
+        // Deep histories really happened: a long stream is not all orphans. (A short one may be:
+        // the range goes down to 1 so that failures shrink, and one orphan update is a valid
+        // stream, so the check would fail on the generator, not on the projection.)
+        if events.len() >= 200 {
+            prop_assert!(expected.applied.iter().sum::<u64>() > 0);
+        }
     }
 }
 
