@@ -27,6 +27,7 @@ use std::{
 
 use permit_stats::{
     events::{Encoding, PermitEvent, pb},
+    ingest,
     projection::Projection,
 };
 use prost::Message as _;
@@ -67,13 +68,8 @@ fn main() -> Result<()> {
 
 fn bare(brokers: &str, topic: &str) -> Result<()> {
     let started = Instant::now();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "permit-stats-bare")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("queued.max.messages.kbytes", "16384")
+    let consumer: BaseConsumer = ingest::consumer_config(brokers)
+        .set("client.id", "permit-stats-bare")
         .create()?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;

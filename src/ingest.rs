@@ -5,7 +5,8 @@
 //!   projection and a restart always rebuilds it from the topic (`group.id` is set only because
 //!   librdkafka's `assign` wants one; nothing is ever committed).
 //! - A `BaseConsumer` polled on this thread, drained in batches: the first `poll` waits, the rest
-//!   take what is already fetched, and the projection publishes once per batch.
+//!   take what is already fetched; the batch is decoded while its records are held (a protobuf
+//!   event borrows its strings from its record, so nothing is copied), applied, and published once.
 //! - Readiness is a one-way latch: the high watermarks noted at start are the target, and the
 //!   latch flips once every partition has been applied up to its mark (or reached its end).
 //! - A bad record is counted by reason, logged with its coordinates (never its payload) and
@@ -49,8 +50,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    events::{self, Encoding, InvalidEvent, PermitEvent},
-    projection::{Kind, Projection, SkipReason},
+    events::{self, Encoding, EventRef, InvalidEvent, PermitEvent},
+    projection::{Kind, Projection, SkipReason, Tally},
     telemetry,
 };
 
@@ -367,7 +368,6 @@ struct Tracker {
     projection: Arc<Projection>,
     status: Arc<IngestStatus>,
     partitions: BTreeMap<i32, PartitionState>,
-    events: Vec<PermitEvent>,
     metrics: IngestMetrics,
     newest_event_ms: Option<i64>,
     last_error: Option<String>,
@@ -388,6 +388,27 @@ struct Outage {
     told: Instant,
 }
 
+/// The consumer settings ingest reads with: no group offsets (every partition is assigned from the
+/// beginning) and the prefetch tuned for replay. Public so that the benchmarks' bare consumer, the
+/// raw limit a replay is compared with, reads with exactly the same settings.
+pub fn consumer_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "permit-stats")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // Prefetch per partition; the default 64 MiB is more than a replay needs to run at full
+        // speed and is held in memory on top of the projection.
+        .set("queued.max.messages.kbytes", "16384")
+        // Fetch again as soon as a full prefetch queue drains, not after librdkafka's default of
+        // one second, which left the consumer idle most of a replay (BENCHMARKS.md: 125k -> 724k
+        // records/s).
+        .set("fetch.queue.backoff.ms", "10");
+    config
+}
+
 impl Ingest {
     fn new(
         config: &IngestConfig,
@@ -399,20 +420,8 @@ impl Ingest {
             topic: config.topic.clone(),
             high_watermarks: Arc::clone(&high_watermarks),
         };
-        let consumer: BaseConsumer<IngestContext> = ClientConfig::new()
-            .set("bootstrap.servers", &config.brokers)
-            .set("group.id", "permit-stats")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+        let consumer: BaseConsumer<IngestContext> = consumer_config(&config.brokers)
             .set("statistics.interval.ms", "1000")
-            // Prefetch per partition; the default 64 MiB is more than a replay needs to run at
-            // full speed and is held in memory on top of the projection.
-            .set("queued.max.messages.kbytes", "16384")
-            // Fetch again as soon as a full prefetch queue drains, not after librdkafka's default
-            // of one second, which left the consumer idle most of a replay (BENCHMARKS.md:
-            // 125k -> 724k records/s).
-            .set("fetch.queue.backoff.ms", "10")
             .set("client.id", "permit-stats")
             .create_with_context(context)
             .context("cannot create the Kafka consumer")?;
@@ -428,7 +437,6 @@ impl Ingest {
                 projection,
                 status,
                 partitions: BTreeMap::new(),
-                events: Vec::with_capacity(MAX_BATCH),
                 metrics: IngestMetrics::new(),
                 newest_event_ms: None,
                 last_error: None,
@@ -589,22 +597,19 @@ impl Ingest {
         Ok(())
     }
 
-    /// Waits for one record, then drains what is already fetched, applies it all as one batch.
+    /// Waits for one record, then drains what is already fetched, up to [`MAX_BATCH`], and
+    /// applies it as one batch. The records are held until then, so that a protobuf event can
+    /// borrow its strings from its record.
     /// True when a record arrived (which proves the broker was reachable moments ago).
     fn poll_batch(&mut self) -> bool {
         let tracker = &mut self.tracker;
-        let Some(first) = self.consumer.poll(POLL_WAIT) else {
-            return false;
-        };
-        let mut taken = 1;
-        let mut received = false;
-        let mut next = Some(first);
+        let mut messages = Vec::with_capacity(MAX_BATCH);
+        let mut next = self.consumer.poll(POLL_WAIT);
         while let Some(result) = next {
             match result {
                 Ok(message) => {
-                    tracker.take(&message);
                     tracker.last_error = None;
-                    received = true;
+                    messages.push(message);
                 }
                 Err(e) => {
                     let text = e.to_string();
@@ -614,33 +619,71 @@ impl Ingest {
                     }
                 }
             }
-            if taken >= MAX_BATCH {
+            if messages.len() >= MAX_BATCH {
                 break;
             }
-            taken += 1;
             next = self.consumer.poll(Duration::ZERO);
         }
-        tracker.apply_batch();
-        received
+        if messages.is_empty() {
+            return false;
+        }
+        // JSON events own their strings: they are kept aside and borrowed like the rest.
+        let mut json = Vec::new();
+        let decoded: Vec<Decoded<'_>> = messages
+            .iter()
+            .filter_map(|message| tracker.take(message, &mut json))
+            .collect();
+        let events: Vec<EventRef<'_>> = decoded
+            .into_iter()
+            .map(|decoded| match decoded {
+                Decoded::Borrowed(event) => event,
+                Decoded::Json(at) => json[at].borrowed(),
+            })
+            .collect();
+        let mut batch = tracker.projection.batch();
+        batch.apply_all(&events);
+        let tally = batch.finish();
+        tracker.count(tally);
+        true
     }
 }
 
+/// A record's event, as [`Tracker::take`] leaves it.
+enum Decoded<'a> {
+    /// A protobuf event, borrowing from its record.
+    Borrowed(EventRef<'a>),
+    /// A JSON event, at this index of the batch's owned ones.
+    Json(usize),
+}
+
 impl Tracker {
-    fn take(&mut self, message: &BorrowedMessage<'_>) {
+    /// Decodes one record; a bad one is counted, logged and dead-lettered here.
+    fn take<'m>(
+        &mut self,
+        message: &'m BorrowedMessage<'_>,
+        json: &mut Vec<PermitEvent>,
+    ) -> Option<Decoded<'m>> {
         let partition = message.partition();
         let offset = message.offset();
         if let Some(state) = self.partitions.get_mut(&partition) {
             state.next = state.next.max(offset + 1);
         }
-        let decoded = Encoding::from_content_type(content_type(message))
-            .and_then(|encoding| events::decode(message.payload().unwrap_or_default(), encoding));
+        let payload = message.payload().unwrap_or_default();
+        let record_ms = || message.timestamp().to_millis();
+        let decoded = match Encoding::from_content_type(content_type(message)) {
+            Ok(Encoding::Protobuf) => events::decode_protobuf(payload).map(|mut event| {
+                event.occurred_at_ms = event.occurred_at_ms.or_else(record_ms);
+                Decoded::Borrowed(event)
+            }),
+            Ok(Encoding::Json) => events::decode(payload, Encoding::Json).map(|mut event| {
+                event.occurred_at_ms = event.occurred_at_ms.or_else(record_ms);
+                json.push(event);
+                Decoded::Json(json.len() - 1)
+            }),
+            Err(reason) => Err(reason),
+        };
         match decoded {
-            Ok(mut event) => {
-                if event.occurred_at_ms.is_none() {
-                    event.occurred_at_ms = message.timestamp().to_millis();
-                }
-                self.events.push(event);
-            }
+            Ok(decoded) => Some(decoded),
             Err(reason) => {
                 if let Some(counter) = self.metrics.rejected.get(&reason) {
                     counter.increment(1);
@@ -655,6 +698,7 @@ impl Tracker {
                 if let Some(dead_letter) = &mut self.dead_letter {
                     dead_letter.copy(message, reason);
                 }
+                None
             }
         }
     }
@@ -715,22 +759,19 @@ impl Tracker {
         )));
     }
 
-    fn apply_batch(&mut self) {
-        if !self.events.is_empty() {
-            let tally = self.projection.apply_batch(&self.events);
-            self.events.clear();
-            for (counter, n) in self.metrics.applied.iter().zip(tally.applied) {
-                counter.increment(n);
-            }
-            for (counter, n) in self.metrics.skipped.iter().zip(tally.skipped) {
-                counter.increment(n);
-            }
-            if let Some(newest) = tally.newest_ms
-                && self.newest_event_ms.is_none_or(|seen| newest > seen)
-            {
-                self.newest_event_ms = Some(newest);
-                self.metrics.last_event.set(newest as f64 / 1000.0);
-            }
+    /// Counts what a published batch did, and checks readiness.
+    fn count(&mut self, tally: Tally) {
+        for (counter, n) in self.metrics.applied.iter().zip(tally.applied) {
+            counter.increment(n);
+        }
+        for (counter, n) in self.metrics.skipped.iter().zip(tally.skipped) {
+            counter.increment(n);
+        }
+        if let Some(newest) = tally.newest_ms
+            && self.newest_event_ms.is_none_or(|seen| newest > seen)
+        {
+            self.newest_event_ms = Some(newest);
+            self.metrics.last_event.set(newest as f64 / 1000.0);
         }
         if !self.status.is_ready() {
             self.check_ready();
