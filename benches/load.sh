@@ -17,7 +17,7 @@
 #
 # A real Apache Kafka broker is started with scripts/kafka.sh unless KAFKA_BOOTSTRAP is set.
 # Knobs (environment): EVENTS=10000000 ROUNDS=3 DURATION=10 CONNECTIONS=64 THREADS=1
-# INGEST_RATE=20000 FRESH_RATE=1000 FRESH_SECONDS=10. Results: a table on stdout and in
+# INGEST_RATE=20000 FRESH_RATE=1000 FRESH_SECONDS=10 MIMALLOC_SO. Results: a table on stdout and in
 # target/load/results.md; raw tool output in target/load/.
 set -euo pipefail
 
@@ -31,6 +31,9 @@ THREADS=${THREADS:-1}
 INGEST_RATE=${INGEST_RATE:-20000}
 FRESH_RATE=${FRESH_RATE:-1000}
 FRESH_SECONDS=${FRESH_SECONDS:-10}
+# The service links mimalloc, which also takes librdkafka's malloc. When Debian's libmimalloc2.0 is
+# installed, the replay section also runs the bare consumer with it preloaded, as a second baseline.
+MIMALLOC_SO=${MIMALLOC_SO:-/usr/lib/x86_64-linux-gnu/libmimalloc.so.2}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 OUT=$TARGET/load
 BIN=${PERMIT_STATS_BIN:-$TARGET/release/permit-stats}
@@ -247,6 +250,10 @@ section_replay() {
     local bare
     bare=$(e2e bare "$KAFKA_BOOTSTRAP" "$topic")
     echo "bare $(json "$bare" '["rate"]') $(json "$bare" '["bare_records"]')" | tee -a "$OUT/replay.txt" >&2
+    if [[ -f $MIMALLOC_SO ]]; then
+      bare=$(LD_PRELOAD=$MIMALLOC_SO e2e bare "$KAFKA_BOOTSTRAP" "$topic")
+      echo "bare_mimalloc $(json "$bare" '["rate"]') $(json "$bare" '["bare_records"]')" | tee -a "$OUT/replay.txt" >&2
+    fi
     serve "$topic"
     local ready rss live
     ready=$(cat "$OUT/ready.json")
@@ -268,6 +275,11 @@ section_replay() {
   result "|---|---|---|"
   result "| bare rdkafka BaseConsumer, counting only (baseline) | $bare_rate | 1.00x |"
   result "| permit-stats serve: decode + apply + publish, until ready | $service_rate | $(python3 -c "print(f'{$service_rate/$bare_rate:.2f}x')") |"
+  if [[ -f $MIMALLOC_SO ]]; then
+    local mi_rate
+    mi_rate=$(awk '$1=="bare_mimalloc" {print $2}' "$OUT/replay.txt" | median)
+    result "| bare BaseConsumer with Debian's mimalloc preloaded (librdkafka on the service's allocator) | $mi_rate | $(python3 -c "print(f'{$mi_rate/$bare_rate:.2f}x')"); service vs it: $(python3 -c "print(f'{$service_rate/$mi_rate:.2f}x')") |"
+  fi
   result ""
   result "Service after replay: $live live permits, RSS $((rss / 1048576)) MiB =" \
     "$(python3 -c "print(f'{$rss/max($live,1):.0f}')") bytes per live permit (whole process)."
