@@ -1,14 +1,17 @@
-//! Ingest: one dedicated thread reads every partition of the topic from the beginning and applies
-//! each record to the projection.
+//! Ingest: one dedicated thread reads every partition of the topic from the beginning and decodes
+//! each record; a second one applies the decoded batches to the projection.
 //!
 //! - No consumer group: partitions are assigned by hand, so every replica holds the whole
 //!   projection and a restart always rebuilds it from the topic (`group.id` is set only because
 //!   librdkafka's `assign` wants one; nothing is ever committed).
-//! - A `BaseConsumer` polled on this thread, drained in batches: the first `poll` waits, the rest
-//!   take what is already fetched; the batch is decoded while its records are held (a protobuf
-//!   event borrows its strings from its record, so nothing is copied), applied, and published once.
+//! - A `BaseConsumer` polled on the ingest thread, drained in batches: the first `poll` waits, the
+//!   rest take what is already fetched. A batch is decoded there (protobuf without copying a
+//!   string until the kept ones go into the batch's one buffer) and handed to the `apply` thread,
+//!   which applies and publishes it as one step. While a full batch is applied, the next is polled
+//!   and decoded; one batch is in flight at most, and any batch that is not full is waited for.
 //! - Readiness is a one-way latch: the high watermarks noted at start are the target, and the
-//!   latch flips once every partition has been applied up to its mark (or reached its end).
+//!   latch flips once every partition has been applied up to its mark (or reached its end). A
+//!   partition's offset moves when the apply thread reports its batch applied, never earlier.
 //! - A bad record is counted by reason, logged with its coordinates (never its payload) and
 //!   skipped; nothing a record contains can stop or crash the loop. With a dead-letter topic it
 //!   is also copied there (original key, value and headers, plus [`DEAD_LETTER_HEADERS`]) by a
@@ -25,9 +28,11 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    ops::Range,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
     },
     thread,
     time::{Duration, Instant},
@@ -50,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    events::{self, Encoding, EventRef, InvalidEvent, PermitEvent},
+    events::{self, Change, Encoding, EventRef, InvalidEvent, PermitEvent},
     projection::{Kind, Projection, SkipReason, Tally},
     telemetry,
 };
@@ -358,6 +363,7 @@ impl IngestMetrics {
 struct Ingest {
     consumer: BaseConsumer<IngestContext>,
     tracker: Tracker,
+    applier: Applier,
     metadata_every: Duration,
 }
 
@@ -431,6 +437,8 @@ impl Ingest {
         };
         Ok(Self {
             consumer,
+            applier: Applier::start(Arc::clone(&projection))
+                .context("cannot start the apply thread")?,
             tracker: Tracker {
                 topic: config.topic.clone(),
                 high_watermarks,
@@ -482,7 +490,7 @@ impl Ingest {
         let mut last_metadata = Instant::now();
         let mut last_progress = (Instant::now(), 0u64);
         while !cancel.is_cancelled() {
-            if self.poll_batch() {
+            if self.poll_batch()? {
                 self.tracker.contact();
             }
             if let Some(dead_letter) = &self.tracker.dead_letter {
@@ -493,7 +501,8 @@ impl Ingest {
                     self.probe();
                 }
                 last_check = Instant::now();
-                if !self.tracker.status.is_ready() {
+                // The consumer's position counts a batch still being applied: not while one is.
+                if !self.tracker.status.is_ready() && !self.applier.in_flight {
                     self.tracker.advance_to_positions(&self.consumer);
                     if !self.tracker.check_ready() {
                         last_progress = self.tracker.log_progress(last_progress);
@@ -597,108 +606,260 @@ impl Ingest {
         Ok(())
     }
 
-    /// Waits for one record, then drains what is already fetched, up to [`MAX_BATCH`], and
-    /// applies it as one batch. The records are held until then, so that a protobuf event can
-    /// borrow its strings from its record.
+    /// Waits for one record, then drains what is already fetched, up to [`MAX_BATCH`], decodes it
+    /// here and has the apply thread apply it. A full batch means more is waiting, so this thread
+    /// goes on to poll and decode the next one while the apply thread works; any other batch is
+    /// waited for, so that the live tail is counted and checked for readiness at once.
     /// True when a record arrived (which proves the broker was reachable moments ago).
-    fn poll_batch(&mut self) -> bool {
-        let tracker = &mut self.tracker;
-        let mut messages = Vec::with_capacity(MAX_BATCH);
-        let mut next = self.consumer.poll(POLL_WAIT);
-        while let Some(result) = next {
-            match result {
-                Ok(message) => {
-                    tracker.last_error = None;
-                    messages.push(message);
-                }
-                Err(e) => {
-                    let text = e.to_string();
-                    if tracker.last_error.as_deref() != Some(&text) {
-                        warn!(error = %text, "consumer error; retrying");
-                        tracker.last_error = Some(text);
-                    }
-                }
-            }
-            if messages.len() >= MAX_BATCH {
-                break;
-            }
-            next = self.consumer.poll(Duration::ZERO);
-        }
+    fn poll_batch(&mut self) -> anyhow::Result<bool> {
+        let messages = drain(&self.consumer, &mut self.tracker.last_error, POLL_WAIT);
         if messages.is_empty() {
-            return false;
+            return Ok(false);
         }
-        // JSON events own their strings: they are kept aside and borrowed like the rest.
-        let mut json = Vec::new();
-        let decoded: Vec<Decoded<'_>> = messages
-            .iter()
-            .filter_map(|message| tracker.take(message, &mut json))
-            .collect();
-        let events: Vec<EventRef<'_>> = decoded
-            .into_iter()
-            .map(|decoded| match decoded {
-                Decoded::Borrowed(event) => event,
-                Decoded::Json(at) => json[at].borrowed(),
-            })
-            .collect();
-        let mut batch = tracker.projection.batch();
-        batch.apply_all(&events);
-        let tally = batch.finish();
-        tracker.count(tally);
-        true
+        let full = messages.len() >= MAX_BATCH;
+        let mut batch = self.applier.spare();
+        for message in &messages {
+            self.tracker.take(message, &mut batch);
+        }
+        drop(messages);
+        // One batch in flight at most: the previous one is counted before this one is handed on.
+        if let Some(applied) = self.applier.wait()? {
+            self.tracker.applied(applied);
+        }
+        self.applier.send(batch)?;
+        if !full && let Some(applied) = self.applier.wait()? {
+            self.tracker.applied(applied);
+        }
+        Ok(true)
     }
 }
 
-/// A record's event, as [`Tracker::take`] leaves it.
-enum Decoded<'a> {
-    /// A protobuf event, borrowing from its record.
-    Borrowed(EventRef<'a>),
-    /// A JSON event, at this index of the batch's owned ones.
-    Json(usize),
+/// Polls what is already fetched (after waiting up to `wait` for the first record), up to
+/// [`MAX_BATCH`] records.
+fn drain<'c>(
+    consumer: &'c BaseConsumer<IngestContext>,
+    last_error: &mut Option<String>,
+    wait: Duration,
+) -> Vec<BorrowedMessage<'c>> {
+    let mut messages = Vec::with_capacity(MAX_BATCH);
+    let mut next = consumer.poll(wait);
+    while let Some(result) = next {
+        match result {
+            Ok(message) => {
+                *last_error = None;
+                messages.push(message);
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if last_error.as_deref() != Some(&text) {
+                    warn!(error = %text, "consumer error; retrying");
+                    *last_error = Some(text);
+                }
+            }
+        }
+        if messages.len() >= MAX_BATCH {
+            break;
+        }
+        next = consumer.poll(Duration::ZERO);
+    }
+    messages
+}
+
+/// One batch's events, decoded, with their strings copied into one buffer so that the batch can
+/// go to the apply thread (the records cannot leave the thread that polled them), and the offsets
+/// it takes each partition to once applied.
+#[derive(Default)]
+struct DecodedBatch {
+    text: String,
+    events: Vec<PermitEvent<Range<u32>>>,
+    next_offsets: Vec<(i32, i64)>,
+}
+
+impl DecodedBatch {
+    fn push(&mut self, event: EventRef<'_>) {
+        let text = &mut self.text;
+        let mut copy = |s: &str| {
+            let start = text.len() as u32;
+            text.push_str(s);
+            start..text.len() as u32
+        };
+        let change = match event.change {
+            Change::Created { zone, permit_type } => Change::Created {
+                zone: copy(zone),
+                permit_type: copy(permit_type),
+            },
+            Change::Updated { zone, permit_type } => Change::Updated {
+                zone: zone.map(&mut copy),
+                permit_type: permit_type.map(&mut copy),
+            },
+            Change::Deleted => Change::Deleted,
+        };
+        self.events.push(PermitEvent {
+            client: copy(event.client),
+            reference_id: copy(event.reference_id),
+            revision: event.revision,
+            occurred_at_ms: event.occurred_at_ms,
+            change,
+        });
+    }
+
+    fn taken(&mut self, partition: i32, offset: i64) {
+        match self.next_offsets.iter_mut().find(|(p, _)| *p == partition) {
+            Some((_, next)) => *next = (*next).max(offset + 1),
+            None => self.next_offsets.push((partition, offset + 1)),
+        }
+    }
+
+    /// The events, borrowing their strings from the batch.
+    fn borrowed(&self) -> Vec<EventRef<'_>> {
+        let text = |range: &Range<u32>| &self.text[range.start as usize..range.end as usize];
+        self.events
+            .iter()
+            .map(|event| PermitEvent {
+                client: text(&event.client),
+                reference_id: text(&event.reference_id),
+                revision: event.revision,
+                occurred_at_ms: event.occurred_at_ms,
+                change: match &event.change {
+                    Change::Created { zone, permit_type } => Change::Created {
+                        zone: text(zone),
+                        permit_type: text(permit_type),
+                    },
+                    Change::Updated { zone, permit_type } => Change::Updated {
+                        zone: zone.as_ref().map(text),
+                        permit_type: permit_type.as_ref().map(text),
+                    },
+                    Change::Deleted => Change::Deleted,
+                },
+            })
+            .collect()
+    }
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.events.clear();
+        self.next_offsets.clear();
+    }
+}
+
+/// What the apply thread did with a batch.
+struct Applied {
+    tally: Tally,
+    next_offsets: Vec<(i32, i64)>,
+}
+
+/// The apply thread: applies and publishes the batches ingest decodes, so that applying one
+/// overlaps with polling and decoding the next (BENCHMARKS.md). Buffers go back and forth, so a
+/// steady replay allocates nothing per batch.
+struct Applier {
+    batches: Option<mpsc::SyncSender<DecodedBatch>>,
+    results: mpsc::Receiver<(Tally, DecodedBatch)>,
+    thread: Option<thread::JoinHandle<()>>,
+    in_flight: bool,
+    spare: Option<DecodedBatch>,
+}
+
+impl Applier {
+    fn start(projection: Arc<Projection>) -> std::io::Result<Self> {
+        let (batches, jobs) = mpsc::sync_channel::<DecodedBatch>(1);
+        let (done, results) = mpsc::sync_channel(1);
+        let thread = thread::Builder::new().name("apply".into()).spawn(move || {
+            for mut decoded in jobs {
+                let mut batch = projection.batch();
+                batch.apply_all(&decoded.borrowed());
+                let tally = batch.finish();
+                decoded.text.clear();
+                decoded.events.clear();
+                if done.send((tally, decoded)).is_err() {
+                    break;
+                }
+            }
+        })?;
+        Ok(Self {
+            batches: Some(batches),
+            results,
+            thread: Some(thread),
+            in_flight: false,
+            spare: None,
+        })
+    }
+
+    /// An empty batch, reusing the buffers of one already applied.
+    fn spare(&mut self) -> DecodedBatch {
+        let mut batch = self.spare.take().unwrap_or_default();
+        batch.clear();
+        batch
+    }
+
+    fn send(&mut self, batch: DecodedBatch) -> anyhow::Result<()> {
+        self.batches
+            .as_ref()
+            .and_then(|batches| batches.send(batch).ok())
+            .context("the apply thread stopped")?;
+        self.in_flight = true;
+        Ok(())
+    }
+
+    /// Waits for the batch in flight, if there is one.
+    fn wait(&mut self) -> anyhow::Result<Option<Applied>> {
+        if !self.in_flight {
+            return Ok(None);
+        }
+        let (tally, mut batch) = self.results.recv().context("the apply thread stopped")?;
+        self.in_flight = false;
+        let next_offsets = std::mem::take(&mut batch.next_offsets);
+        self.spare = Some(batch);
+        Ok(Some(Applied {
+            tally,
+            next_offsets,
+        }))
+    }
+}
+
+impl Drop for Applier {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread once the batch in flight (if any) is applied.
+        self.batches = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Tracker {
-    /// Decodes one record; a bad one is counted, logged and dead-lettered here.
-    fn take<'m>(
-        &mut self,
-        message: &'m BorrowedMessage<'_>,
-        json: &mut Vec<PermitEvent>,
-    ) -> Option<Decoded<'m>> {
+    /// Decodes one record into `batch`; a bad one is counted, logged and dead-lettered here.
+    fn take(&mut self, message: &BorrowedMessage<'_>, batch: &mut DecodedBatch) {
         let partition = message.partition();
         let offset = message.offset();
-        if let Some(state) = self.partitions.get_mut(&partition) {
-            state.next = state.next.max(offset + 1);
+        if self.partitions.contains_key(&partition) {
+            batch.taken(partition, offset);
         }
         let payload = message.payload().unwrap_or_default();
         let record_ms = || message.timestamp().to_millis();
         let decoded = match Encoding::from_content_type(content_type(message)) {
             Ok(Encoding::Protobuf) => events::decode_protobuf(payload).map(|mut event| {
                 event.occurred_at_ms = event.occurred_at_ms.or_else(record_ms);
-                Decoded::Borrowed(event)
+                batch.push(event);
             }),
             Ok(Encoding::Json) => events::decode(payload, Encoding::Json).map(|mut event| {
                 event.occurred_at_ms = event.occurred_at_ms.or_else(record_ms);
-                json.push(event);
-                Decoded::Json(json.len() - 1)
+                batch.push(event.borrowed());
             }),
             Err(reason) => Err(reason),
         };
-        match decoded {
-            Ok(decoded) => Some(decoded),
-            Err(reason) => {
-                if let Some(counter) = self.metrics.rejected.get(&reason) {
-                    counter.increment(1);
-                }
-                warn!(
-                    topic = %self.topic,
-                    partition,
-                    offset,
-                    reason = reason.reason(),
-                    "rejected a bad record: {reason}"
-                );
-                if let Some(dead_letter) = &mut self.dead_letter {
-                    dead_letter.copy(message, reason);
-                }
-                None
+        if let Err(reason) = decoded {
+            if let Some(counter) = self.metrics.rejected.get(&reason) {
+                counter.increment(1);
+            }
+            warn!(
+                topic = %self.topic,
+                partition,
+                offset,
+                reason = reason.reason(),
+                "rejected a bad record: {reason}"
+            );
+            if let Some(dead_letter) = &mut self.dead_letter {
+                dead_letter.copy(message, reason);
             }
         }
     }
@@ -759,8 +920,20 @@ impl Tracker {
         )));
     }
 
-    /// Counts what a published batch did, and checks readiness.
-    fn count(&mut self, tally: Tally) {
+    /// Counts what an applied (and published) batch did, moves the partitions' applied offsets,
+    /// and checks readiness.
+    fn applied(
+        &mut self,
+        Applied {
+            tally,
+            next_offsets,
+        }: Applied,
+    ) {
+        for (partition, next) in next_offsets {
+            if let Some(state) = self.partitions.get_mut(&partition) {
+                state.next = state.next.max(next);
+            }
+        }
         for (counter, n) in self.metrics.applied.iter().zip(tally.applied) {
             counter.increment(n);
         }

@@ -9,7 +9,8 @@
 //!
 //! - [`config`]: the command line (clap), every flag also an environment variable.
 //! - [`events`]: the protobuf/JSON wire types from `proto/` and the validated domain event.
-//! - [`projection`]: the read model; pure and synchronous, no I/O.
+//! - [`projection`]: the read model; pure and synchronous, no I/O (its permit table in
+//!   `projection/table.rs`).
 //! - [`ingest`]: the consumer thread: assignment from the beginning, readiness, lag, bad records
 //!   and their dead-letter copies.
 //! - [`api`]: the router and the HTTP server: stats request, errors, CORS, limits, rate limit,

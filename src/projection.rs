@@ -949,6 +949,25 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_is_seen_whole_once_finished_or_dropped() {
+        let p = Projection::new();
+        let (one, two) = (created("a", "Lot 1", "temp"), created("b", "Lot 1", "temp"));
+        let mut batch = p.batch();
+        batch.apply(one.borrowed());
+        batch.apply_all(&[two.borrowed()]);
+        // Readers never see half a batch: the write side is held and nothing is published yet.
+        assert!(p.view("C").is_none());
+        drop(batch);
+        assert_eq!(counts(&p), vec![row("Lot 1", "temp", 2)]);
+
+        let mut batch = p.batch();
+        batch.apply(deleted("a").borrowed());
+        let tally = batch.finish();
+        assert_eq!(tally.applied, [0, 0, 1]);
+        assert_eq!(counts(&p), vec![row("Lot 1", "temp", 1)]);
+    }
+
+    #[test]
     fn rule_1_a_duplicate_create_replaces_and_counts_once() {
         let p = Projection::new();
         assert_eq!(
