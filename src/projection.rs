@@ -1126,6 +1126,52 @@ mod tests {
         assert_eq!(parsed["data"][0]["zone"], "Lot \"2\"");
     }
 
+    proptest::proptest! {
+        /// The table-driven parse agrees with a plain one on canonical ids, on ids with one byte
+        /// changed to anything, and on random text of about the right length.
+        #[test]
+        fn uuid_parse_agrees_with_a_plain_parse(
+            bytes in proptest::array::uniform16(proptest::prelude::any::<u8>()),
+            at in 0usize..36,
+            with in proptest::prelude::any::<u8>(),
+            noise in "[-0-9a-fA-Gé]{34,36}",
+        ) {
+            let plain = |id: &str| -> Option<[u8; 16]> {
+                let dashes = id.len() == 36
+                    && [8, 13, 18, 23].iter().all(|&i| id.as_bytes()[i] == b'-');
+                let digits: String = id
+                    .char_indices()
+                    .filter(|(i, _)| ![8, 13, 18, 23].contains(i))
+                    .map(|(_, c)| c)
+                    .collect();
+                if !dashes
+                    || !digits.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                {
+                    return None;
+                }
+                hex::decode(digits).ok()?.try_into().ok()
+            };
+            let canonical = format!(
+                "{}-{}-{}-{}-{}",
+                hex::encode(&bytes[0..4]),
+                hex::encode(&bytes[4..6]),
+                hex::encode(&bytes[6..8]),
+                hex::encode(&bytes[8..10]),
+                hex::encode(&bytes[10..16])
+            );
+            proptest::prop_assert_eq!(parse_canonical_uuid(&canonical).map(|u| u.0), Some(bytes));
+            let mut changed = canonical.into_bytes();
+            changed[at] = with;
+            if let Ok(changed) = String::from_utf8(changed) {
+                proptest::prop_assert_eq!(
+                    parse_canonical_uuid(&changed).map(|u| u.0),
+                    plain(&changed)
+                );
+            }
+            proptest::prop_assert_eq!(parse_canonical_uuid(&noise).map(|u| u.0), plain(&noise));
+        }
+    }
+
     #[test]
     fn uuid_ids_are_compacted_without_colliding_with_text() {
         let id = "1a9b5375-cb75-4c71-9939-eeae550b09ac";
