@@ -7,16 +7,18 @@
 #   http       wrk drives the stats request (all rows, and the vendor's two-zone filter) and the same
 #              server's GET /health/live, alternating, ROUNDS times; then again while `produce`
 #              streams events into the topic the server consumes (ingest running); then, when `oha`
-#              is on the PATH, the stats request at a fixed rate (half the measured one) for p99.
+#              is on the PATH, the stats request and /health/live at fixed rates (half and a third of
+#              the measured stats rate) for p99.
 #   replay     EVENTS records (default 10M) in a 4-partition topic; alternately replayed by a bare
 #              rdkafka BaseConsumer that only counts them (benches/e2e.rs `bare`) and by
-#              `permit-stats serve` (until /health/ready); records/s of both, and the ratio.
+#              `permit-stats serve` (until /health/ready); records/s of both, and the ratio. With
+#              Debian's libmimalloc2.0 installed, also the bare consumer with it preloaded.
 #   memory     resident bytes per live permit, in process, at 1M and 10M permits (e2e `memory`);
 #              and the service's whole RSS per live permit after the replay above.
 #   freshness  produce->visible latency at a steady FRESH_RATE events/s (e2e `freshness`).
 #
 # A real Apache Kafka broker is started with scripts/kafka.sh unless KAFKA_BOOTSTRAP is set.
-# Knobs (environment): EVENTS=10000000 ROUNDS=3 DURATION=10 CONNECTIONS=64 THREADS=1
+# Knobs (environment): EVENTS=10000000 ROUNDS=3 REPLAY_ROUNDS=3 DURATION=10 CONNECTIONS=64 THREADS=1
 # INGEST_RATE=20000 FRESH_RATE=1000 FRESH_SECONDS=10 MIMALLOC_SO. Results: a table on stdout and in
 # target/load/results.md; raw tool output in target/load/.
 set -euo pipefail
@@ -31,6 +33,7 @@ THREADS=${THREADS:-1}
 INGEST_RATE=${INGEST_RATE:-20000}
 FRESH_RATE=${FRESH_RATE:-1000}
 FRESH_SECONDS=${FRESH_SECONDS:-10}
+REPLAY_ROUNDS=${REPLAY_ROUNDS:-3}
 # The service links mimalloc, which also takes librdkafka's malloc. When Debian's libmimalloc2.0 is
 # installed, the replay section also runs the bare consumer with it preloaded, as a second baseline.
 MIMALLOC_SO=${MIMALLOC_SO:-/usr/lib/x86_64-linux-gnu/libmimalloc.so.2}
@@ -213,22 +216,33 @@ section_http() {
     local stats_rps half
     stats_rps=$(awk '$1=="stats" {print $2}' "$OUT/http.txt" | median)
     half=$((stats_rps / 2))
-    log "http: oha at a fixed $half requests/s (half the measured rate)"
-    oha --no-tui -z "${DURATION}s" -c "$CONNECTIONS" -q "$half" --latency-correction \
-      -m POST -H 'Content-Type: application/json' -d "{\"apiToken\":\"$token\"}" \
-      --output-format json "$stats_url" >"$OUT/oha-stats.json" 2>"$OUT/oha.err" || true
-    python3 - "$OUT/oha-stats.json" "$half" <<'EOF' | tee -a "$RESULTS"
+    # The same fixed rate for /health/live too: what the machine itself adds to the tail.
+    result ""
+    result "Fixed rate, half the measured stats rate and a third of it (oha -c $CONNECTIONS, latency-corrected):"
+    result ""
+    result "| request | requests/s | p50 ms | p99 ms | p99.9 ms | statuses |"
+    result "|---|---|---|---|---|---|"
+    for rate in "$half" "$((stats_rps / 3))"; do
+      log "http: oha at a fixed $rate requests/s"
+      oha --no-tui -z "${DURATION}s" -c "$CONNECTIONS" -q "$rate" --latency-correction \
+        --output-format json "$live_url" >"$OUT/oha-live-$rate.json" 2>"$OUT/oha.err" || true
+      oha --no-tui -z "${DURATION}s" -c "$CONNECTIONS" -q "$rate" --latency-correction \
+        -m POST -H 'Content-Type: application/json' -d "{\"apiToken\":\"$token\"}" \
+        --output-format json "$stats_url" >"$OUT/oha-stats-$rate.json" 2>>"$OUT/oha.err" || true
+      python3 - "$OUT/oha-live-$rate.json" "$OUT/oha-stats-$rate.json" "$rate" <<'EOF' | tee -a "$RESULTS"
 import json, sys
-try:
-    d = json.load(open(sys.argv[1]))
-except Exception as e:
-    sys.exit(f"oha output unreadable: {e}")
-p = d["latencyPercentiles"]
-s = d["summary"]
-codes = d.get("statusCodeDistribution", {})
-print(f"\nFixed rate (oha -q {sys.argv[2]}, latency-corrected): {s['requestsPerSec']:.0f} requests/s, "
-      f"p50 {p['p50']*1e3:.3f} ms, p99 {p['p99']*1e3:.3f} ms, p99.9 {p['p99.9']*1e3:.3f} ms, status {codes}")
+for path, label in ((sys.argv[1], "GET /health/live (baseline)"), (sys.argv[2], "stats, all rows")):
+    try:
+        d = json.load(open(path))
+    except Exception as e:
+        sys.exit(f"oha output unreadable: {e}")
+    p = d["latencyPercentiles"]
+    s = d["summary"]
+    codes = d.get("statusCodeDistribution", {})
+    print(f"| {label} at {sys.argv[3]}/s | {s['requestsPerSec']:.0f} | {p['p50']*1e3:.3f} | "
+          f"{p['p99']*1e3:.3f} | {p['p99.9']*1e3:.3f} | {codes} |")
 EOF
+    done
   fi
   result ""
   stop_server
@@ -246,7 +260,7 @@ section_replay() {
   fi
   token=$(tokens OC-TOMA)
   : >"$OUT/replay.txt"
-  for round in $(seq 2); do
+  for round in $(seq "$REPLAY_ROUNDS"); do
     local bare
     bare=$(e2e bare "$KAFKA_BOOTSTRAP" "$topic")
     echo "bare $(json "$bare" '["rate"]') $(json "$bare" '["bare_records"]')" | tee -a "$OUT/replay.txt" >&2
@@ -271,7 +285,7 @@ section_replay() {
   read -r _ _ target seconds rss live < <(awk '$1=="service"' "$OUT/replay.txt" | tail -n 1)
   result "### Replay of $EVENTS records, 4 partitions, real Kafka ($(uptime | sed 's/.*load average/load average/'))"
   result ""
-  result "| consumer | records/s (median of 2) | vs bare |"
+  result "| consumer | records/s (median of $REPLAY_ROUNDS) | vs bare |"
   result "|---|---|---|"
   result "| bare rdkafka BaseConsumer, counting only (baseline) | $bare_rate | 1.00x |"
   result "| permit-stats serve: decode + apply + publish, until ready | $service_rate | $(python3 -c "print(f'{$service_rate/$bare_rate:.2f}x')") |"
