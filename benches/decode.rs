@@ -1,6 +1,6 @@
 //! Decoding: Kafka record values (as `permit-stats produce` writes them, vendor fields included)
-//! to validated domain events, protobuf and JSON; and decode plus apply, ingest's whole per-record
-//! work after the consumer hands over a record.
+//! to validated domain events: protobuf as ingest decodes it (borrowing its strings) and into owned
+//! events, and JSON; and decode plus apply, the work per record after the consumer hands it over.
 //!
 //! `cargo bench --bench decode`
 
@@ -47,6 +47,15 @@ fn decode(c: &mut Criterion) {
                 }
             })
         });
+        if format == Format::Protobuf {
+            group.bench_function("protobuf_records_borrowed", |b| {
+                b.iter(|| {
+                    for (value, _) in &records {
+                        black_box(events::decode_protobuf(black_box(value))).ok();
+                    }
+                })
+            });
+        }
         eprintln!(
             "decode/{name}: {n} records, {} bytes each on average",
             bytes / n
@@ -60,15 +69,14 @@ fn decode(c: &mut Criterion) {
         b.iter_batched_ref(
             Projection::new,
             |projection| {
-                let mut batch = Vec::with_capacity(4_096);
                 for chunk in records.chunks(4_096) {
-                    batch.extend(
-                        chunk
-                            .iter()
-                            .filter_map(|(value, encoding)| events::decode(value, *encoding).ok()),
-                    );
-                    projection.apply_batch(&batch);
-                    batch.clear();
+                    let events: Vec<_> = chunk
+                        .iter()
+                        .filter_map(|(value, _)| events::decode_protobuf(value).ok())
+                        .collect();
+                    let mut batch = projection.batch();
+                    batch.apply_all(&events);
+                    black_box(batch.finish());
                 }
             },
             criterion::BatchSize::LargeInput,
