@@ -262,7 +262,7 @@ pub fn decode(value: &[u8], encoding: Encoding) -> Result<PermitEvent, InvalidEv
 
 /// Decodes and validates a protobuf record value, borrowing the strings the event keeps.
 ///
-/// A reader of exactly this message ([`wire::decode`]) that accepts and refuses exactly what
+/// A reader of exactly this message (`wire::decode`) that accepts and refuses exactly what
 /// prost's generated decoder does (a property test holds the two together), at a fraction of the
 /// cost, and allocates nothing.
 pub fn decode_protobuf(value: &[u8]) -> Result<EventRef<'_>, InvalidEvent> {
@@ -358,7 +358,7 @@ fn occurred_at_ms((seconds, nanos): (i64, i32)) -> i64 {
 impl TryFrom<pb::PermitEvent> for PermitEvent {
     type Error = InvalidEvent;
 
-    /// The same rules as the protobuf path ([`WireEvent::check`]); the strings are moved, not
+    /// The same rules as the protobuf path (`WireEvent::check`); the strings are moved, not
     /// copied.
     fn try_from(wire: pb::PermitEvent) -> Result<Self, Self::Error> {
         use pb::permit_event::Change as Wire;

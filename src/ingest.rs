@@ -23,7 +23,7 @@
 //!   its last known value, and the outage is told separately: `waiting_for` says since when the
 //!   broker has not answered, `lag_age_seconds` grows, and so does the age of
 //!   `permit_stats_broker_last_contact_timestamp_seconds`. While records flow, their arrival is
-//!   the proof of contact; when the topic is idle a metadata request (every [`CHECK_EVERY`])
+//!   the proof of contact; when the topic is idle a metadata request (every `CHECK_EVERY`)
 //!   is.
 
 use std::{

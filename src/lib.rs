@@ -11,8 +11,8 @@
 //! - [`events`]: the protobuf/JSON wire types from `proto/` and the validated domain event.
 //! - [`projection`]: the read model; pure and synchronous, no I/O (its permit table in
 //!   `projection/table.rs`).
-//! - [`ingest`]: the consumer thread: assignment from the beginning, readiness, lag, bad records
-//!   and their dead-letter copies.
+//! - [`ingest`]: the consumer and apply threads: assignment from the beginning, readiness, lag,
+//!   bad records and their dead-letter copies.
 //! - [`api`]: the router and the HTTP server: stats request, errors, CORS, limits, rate limit,
 //!   health, metrics.
 //! - [`auth`]: the token file, the token check, and reload on SIGHUP or change.
