@@ -124,19 +124,23 @@ impl<S> Change<S> {
     }
 }
 
-impl PermitEvent {
-    /// The same event, borrowing this one's strings.
-    pub fn borrowed(&self) -> EventRef<'_> {
+impl<S> PermitEvent<S> {
+    /// The same event with each of its strings turned into a `T` by `f` (in the order client,
+    /// reference id, zone, type): how an event is borrowed, owned or packed into a buffer.
+    pub fn map_strings<'a, T>(&'a self, mut f: impl FnMut(&'a S) -> T) -> PermitEvent<T> {
         PermitEvent {
-            client: &self.client,
-            reference_id: &self.reference_id,
+            client: f(&self.client),
+            reference_id: f(&self.reference_id),
             revision: self.revision,
             occurred_at_ms: self.occurred_at_ms,
             change: match &self.change {
-                Change::Created { zone, permit_type } => Change::Created { zone, permit_type },
+                Change::Created { zone, permit_type } => Change::Created {
+                    zone: f(zone),
+                    permit_type: f(permit_type),
+                },
                 Change::Updated { zone, permit_type } => Change::Updated {
-                    zone: zone.as_deref(),
-                    permit_type: permit_type.as_deref(),
+                    zone: zone.as_ref().map(&mut f),
+                    permit_type: permit_type.as_ref().map(&mut f),
                 },
                 Change::Deleted => Change::Deleted,
             },
@@ -144,26 +148,17 @@ impl PermitEvent {
     }
 }
 
+impl PermitEvent {
+    /// The same event, borrowing this one's strings.
+    pub fn borrowed(&self) -> EventRef<'_> {
+        self.map_strings(String::as_str)
+    }
+}
+
 impl EventRef<'_> {
     /// The same event with its own copies of the strings.
     pub fn into_owned(self) -> PermitEvent {
-        PermitEvent {
-            client: self.client.to_owned(),
-            reference_id: self.reference_id.to_owned(),
-            revision: self.revision,
-            occurred_at_ms: self.occurred_at_ms,
-            change: match self.change {
-                Change::Created { zone, permit_type } => Change::Created {
-                    zone: zone.to_owned(),
-                    permit_type: permit_type.to_owned(),
-                },
-                Change::Updated { zone, permit_type } => Change::Updated {
-                    zone: zone.map(str::to_owned),
-                    permit_type: permit_type.map(str::to_owned),
-                },
-                Change::Deleted => Change::Deleted,
-            },
-        }
+        self.map_strings(|s| (*s).to_owned())
     }
 }
 

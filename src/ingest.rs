@@ -55,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    events::{self, Change, Encoding, EventRef, InvalidEvent, PermitEvent},
+    events::{self, Encoding, EventRef, InvalidEvent, PermitEvent},
     projection::{Kind, Projection, SkipReason, Tally},
     telemetry,
 };
@@ -678,29 +678,11 @@ struct DecodedBatch {
 impl DecodedBatch {
     fn push(&mut self, event: EventRef<'_>) {
         let text = &mut self.text;
-        let mut copy = |s: &str| {
+        self.events.push(event.map_strings(|s| {
             let start = text.len() as u32;
             text.push_str(s);
             start..text.len() as u32
-        };
-        let change = match event.change {
-            Change::Created { zone, permit_type } => Change::Created {
-                zone: copy(zone),
-                permit_type: copy(permit_type),
-            },
-            Change::Updated { zone, permit_type } => Change::Updated {
-                zone: zone.map(&mut copy),
-                permit_type: permit_type.map(&mut copy),
-            },
-            Change::Deleted => Change::Deleted,
-        };
-        self.events.push(PermitEvent {
-            client: copy(event.client),
-            reference_id: copy(event.reference_id),
-            revision: event.revision,
-            occurred_at_ms: event.occurred_at_ms,
-            change,
-        });
+        }));
     }
 
     fn taken(&mut self, partition: i32, offset: i64) {
@@ -715,23 +697,7 @@ impl DecodedBatch {
         let text = |range: &Range<u32>| &self.text[range.start as usize..range.end as usize];
         self.events
             .iter()
-            .map(|event| PermitEvent {
-                client: text(&event.client),
-                reference_id: text(&event.reference_id),
-                revision: event.revision,
-                occurred_at_ms: event.occurred_at_ms,
-                change: match &event.change {
-                    Change::Created { zone, permit_type } => Change::Created {
-                        zone: text(zone),
-                        permit_type: text(permit_type),
-                    },
-                    Change::Updated { zone, permit_type } => Change::Updated {
-                        zone: zone.as_ref().map(text),
-                        permit_type: permit_type.as_ref().map(text),
-                    },
-                    Change::Deleted => Change::Deleted,
-                },
-            })
+            .map(|event| event.map_strings(text))
             .collect()
     }
 
