@@ -730,12 +730,10 @@ impl Applier {
         let (batches, jobs) = mpsc::sync_channel::<DecodedBatch>(1);
         let (done, results) = mpsc::sync_channel(1);
         let thread = thread::Builder::new().name("apply".into()).spawn(move || {
-            for mut decoded in jobs {
+            for decoded in jobs {
                 let mut batch = projection.batch();
                 batch.apply_all(&decoded.borrowed());
                 let tally = batch.finish();
-                decoded.text.clear();
-                decoded.events.clear();
                 if done.send((tally, decoded)).is_err() {
                     break;
                 }
