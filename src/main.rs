@@ -7,7 +7,7 @@ use permit_stats::{config::Cli, telemetry};
 
 /// mimalloc, built with `override`, so that librdkafka's C allocations use it too: under glibc's
 /// allocator the fetcher thread allocated every message and the ingest thread freed it, and the
-/// two contended on glibc's arena locks (BENCHMARKS.md: replay +13-20%). Its v2: v3 held on to
+/// two contended on glibc's arena locks (BENCHMARKS.md: replay +13-23%). Its v2: v3 held on to
 /// freed memory in steps of 4-9 MiB, which the soak test reads as growth.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -232,6 +232,11 @@ mod tests {
 
     #[test]
     fn a_slot_stays_28_bytes_and_keeps_every_state() {
+        // `pack` copies the state field by field: a field added to it would be lost silently.
+        assert_eq!(
+            size_of::<Uuid>() + size_of::<PermitState>(),
+            size_of::<Slot>()
+        );
         assert_eq!(size_of::<Slot>(), 28);
         let key = Uuid(*b"0123456789abcdef");
         for counter in [0, 1, 7, EMPTY - 1, super::super::NOT_LIVE] {
