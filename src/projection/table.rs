@@ -59,6 +59,14 @@ fn is_empty(slot: &Slot) -> bool {
     slot[6] == 0
 }
 
+/// A key with its hash in one table, computed once per event: the batch's touch, the probe and an
+/// insert that grows the table all use it (growing keeps the hasher, so the hash stays good).
+#[derive(Clone, Copy)]
+pub(super) struct Hashed {
+    key: Uuid,
+    hash: u64,
+}
+
 /// Where a key is, or where it would go.
 pub(super) enum Probe {
     /// The key is at this slot.
@@ -72,7 +80,15 @@ pub(super) struct UuidTable {
     /// A power of two in length, or empty before the first insert.
     slots: Vec<Slot>,
     len: usize,
+    /// How far a hash is shifted right to give a slot: 64 - log2(slots).
+    shift: u32,
     hasher: foldhash::fast::RandomState,
+}
+
+/// A slot for `hash` among `2^(64 - shift)`: the high bits, the ones a multiplicative hash mixes
+/// best.
+fn home(hash: u64, shift: u32) -> usize {
+    (hash >> shift) as usize
 }
 
 impl UuidTable {
@@ -80,30 +96,36 @@ impl UuidTable {
         self.len
     }
 
-    fn home(&self, key: Uuid) -> usize {
-        let hash = self.hasher.hash_one(u128::from_ne_bytes(key.0));
-        // The high bits: the ones a multiplicative hash mixes best.
-        (hash >> (64 - self.slots.len().trailing_zeros())) as usize
-    }
-
-    /// Reads the key's first slot without waiting for it, so that a later [`Self::probe`] finds
-    /// it in cache: a batch touches the slots of several events, then applies them.
-    pub(super) fn touch(&self, key: Uuid) {
-        if !self.slots.is_empty() {
-            // Both ends: a 28-byte slot straddles two cache lines almost half the time.
-            let slot = &self.slots[self.home(key)];
-            std::hint::black_box(slot[0] ^ slot[6]);
+    /// `key` with its hash in this table.
+    pub(super) fn hashed(&self, key: Uuid) -> Hashed {
+        Hashed {
+            key,
+            hash: self.hasher.hash_one(u128::from_ne_bytes(key.0)),
         }
     }
 
-    pub(super) fn probe(&self, key: Uuid) -> Probe {
-        if self.slots.is_empty() {
+    /// Reads the key's first slots without waiting for them, so that a later [`Self::probe`]
+    /// finds them in cache: a batch touches the slots of several events, then applies them.
+    pub(super) fn touch(&self, key: Hashed) {
+        let slots = &self.slots;
+        if !slots.is_empty() {
+            // The home slot and the next one, where a probe goes on whenever the home slot holds
+            // another key: their 56 bytes lie in one or two cache lines, read here at both ends.
+            let at = home(key.hash, self.shift);
+            let next = (at + 1) & (slots.len() - 1);
+            std::hint::black_box(slots[at][0] ^ slots[next][6]);
+        }
+    }
+
+    pub(super) fn probe(&self, key: Hashed) -> Probe {
+        let slots = &self.slots;
+        if slots.is_empty() {
             return Probe::Absent(usize::MAX);
         }
-        let mask = self.slots.len() - 1;
-        let mut at = self.home(key);
+        let mask = slots.len() - 1;
+        let (mut at, key) = (home(key.hash, self.shift), key.key);
         loop {
-            let slot = &self.slots[at];
+            let slot = &slots[at];
             if is_empty(slot) {
                 return Probe::Absent(at);
             }
@@ -120,50 +142,53 @@ impl UuidTable {
 
     pub(super) fn set(&mut self, at: usize, state: PermitState) {
         debug_assert!(state.counter != EMPTY);
-        let key = key_of(&self.slots[at]);
-        self.slots[at] = pack(key, state);
+        let slot = &mut self.slots[at];
+        *slot = pack(key_of(slot), state);
     }
 
     /// Stores a key that [`Self::probe`] just found absent at `at`.
-    pub(super) fn insert(&mut self, at: usize, key: Uuid, state: PermitState) {
+    pub(super) fn insert(&mut self, at: usize, key: Hashed, state: PermitState) {
         debug_assert!(state.counter != EMPTY);
-        if (self.len + 1) * 8 > self.slots.len() * 7 {
+        let at = if (self.len + 1) * 8 > self.slots.len() * 7 {
             self.grow();
             let Probe::Absent(at) = self.probe(key) else {
                 unreachable!("the key was absent before the table grew");
             };
-            self.slots[at] = pack(key, state);
+            at
         } else {
-            self.slots[at] = pack(key, state);
-        }
+            at
+        };
+        self.slots[at] = pack(key.key, state);
         self.len += 1;
     }
 
     /// Removes the key found at `at`, moving later keys of its run back so that every key stays
     /// reachable from its home slot without a gap.
     pub(super) fn remove(&mut self, mut at: usize) {
-        let mask = self.slots.len() - 1;
+        let (hasher, shift) = (&self.hasher, self.shift);
+        let slots = &mut self.slots;
+        let mask = slots.len() - 1;
         let mut next = at;
         loop {
             next = (next + 1) & mask;
-            let slot = self.slots[next];
+            let slot = slots[next];
             if is_empty(&slot) {
                 break;
             }
             // The key at `next` may fill the hole at `at` unless its home lies cyclically in
             // (at, next]: then it would move before its home.
-            let home = self.home(key_of(&slot));
+            let home = home(hasher.hash_one(u128::from_ne_bytes(key_of(&slot).0)), shift);
             let stays = if at <= next {
                 at < home && home <= next
             } else {
                 at < home || home <= next
             };
             if !stays {
-                self.slots[at] = slot;
+                slots[at] = slot;
                 at = next;
             }
         }
-        self.slots[at] = [0; 7];
+        slots[at] = [0; 7];
         self.len -= 1;
     }
 
@@ -171,9 +196,10 @@ impl UuidTable {
         let capacity = (self.slots.len() * 2).max(16);
         // Zeros: allocated zeroed, untouched until used.
         let old = std::mem::replace(&mut self.slots, vec![[0; 7]; capacity]);
+        self.shift = 64 - capacity.trailing_zeros();
         let mask = capacity - 1;
-        for slot in old.into_iter().filter(|slot| !is_empty(slot)) {
-            let mut at = self.home(key_of(&slot));
+        for &slot in old.iter().filter(|slot| !is_empty(slot)) {
+            let mut at = home(self.hashed(key_of(&slot)).hash, self.shift);
             while !is_empty(&self.slots[at]) {
                 at = (at + 1) & mask;
             }
@@ -205,7 +231,7 @@ mod tests {
             let mut table = UuidTable::default();
             let mut model: HashMap<u8, u32> = HashMap::new();
             for (n, (key, op)) in ops.into_iter().enumerate() {
-                let uuid = Uuid([key; 16]);
+                let uuid = table.hashed(Uuid([key; 16]));
                 let value = n as u32;
                 match (op, table.probe(uuid)) {
                     (0 | 1, Probe::Found(at)) => table.set(at, state(value)),
@@ -220,7 +246,7 @@ mod tests {
                 }
                 prop_assert_eq!(table.len(), model.len());
                 for probe_key in 0u8..40 {
-                    let found = match table.probe(Uuid([probe_key; 16])) {
+                    let found = match table.probe(table.hashed(Uuid([probe_key; 16]))) {
                         Probe::Found(at) => Some(table.get(at).revision[0]),
                         Probe::Absent(_) => None,
                     };
