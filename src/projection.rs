@@ -14,7 +14,7 @@
 //! revision and a 32-bit counter id, which is also the tombstone mark): measured 60 bytes resident
 //! per permit at 1M permits and 47 at 10M, growth slack included. Names are interned once;
 //! counters are indexed by id, so an event costs one probe of the permit table and no allocation,
-//! and a batch starts the probes of 16 events at once so that their cache misses overlap.
+//! and a batch starts the probes of 32 events at once so that their cache misses overlap.
 //! Publishing a client re-sorts its rows only when a row was added, and copies each row's
 //! pre-encoded JSON.
 //!
