@@ -427,14 +427,20 @@ mod wire {
     }
 
     impl<'a> Reader<'a> {
+        /// Inlined for its one-byte case (keys and short lengths), nearly every varint here.
+        #[inline(always)]
         fn varint(&mut self) -> Result<u64> {
-            // Keys and short lengths: one byte.
             if let Some((&byte, rest)) = self.buf.split_first()
                 && byte < 0x80
             {
                 self.buf = rest;
                 return Ok(u64::from(byte));
             }
+            self.long_varint()
+        }
+
+        #[inline(never)]
+        fn long_varint(&mut self) -> Result<u64> {
             let mut value = 0u64;
             for (i, &byte) in self.buf.iter().take(10).enumerate() {
                 // The tenth byte may only carry the top bit of a u64.
@@ -451,6 +457,7 @@ mod wire {
         }
 
         /// (tag, wire type).
+        #[inline(always)]
         fn key(&mut self) -> Result<(u32, u8)> {
             let key = u32::try_from(self.varint()?).map_err(|_| Malformed)?;
             let wire_type = (key & 7) as u8;
@@ -461,6 +468,7 @@ mod wire {
             Ok((tag, wire_type))
         }
 
+        #[inline(always)]
         fn bytes(&mut self, wire_type: u8) -> Result<&'a [u8]> {
             if wire_type != LEN {
                 return Err(Malformed);
@@ -474,6 +482,7 @@ mod wire {
             Ok(bytes)
         }
 
+        #[inline(always)]
         fn string(&mut self, wire_type: u8) -> Result<&'a str> {
             std::str::from_utf8(self.bytes(wire_type)?).map_err(|_| Malformed)
         }
@@ -488,6 +497,7 @@ mod wire {
             }
         }
 
+        #[inline(always)]
         fn scalar(&mut self, wire_type: u8) -> Result<u64> {
             if wire_type != VARINT {
                 return Err(Malformed);
