@@ -456,9 +456,7 @@ pub struct Batch<'p> {
 impl Batch<'_> {
     /// Applies one event; readers see it when the batch is published.
     pub fn apply(&mut self, event: EventRef<'_>) -> Outcome {
-        let client = self.writer.client(event.client);
-        let uuids = &self.writer.permits[client as usize].uuids;
-        let uuid = parse_canonical_uuid(event.reference_id).map(|id| uuids.hashed(id));
+        let (client, uuid) = self.writer.key(&event);
         let outcome = self.writer.apply(client, uuid, &event);
         self.tally.record(outcome, &event);
         outcome
@@ -663,7 +661,8 @@ struct Tables {
     states: Vec<ClientState>,
     counters: Vec<Counter>,
     counter_ids: FastMap<(ClientId, NameId, NameId), CounterId>,
-    /// The same counters, found by the names themselves (see `named_counter`).
+    /// The same counters, found by the names themselves (see `named_counter`); a counter enters
+    /// here the first time a create looks it up by name.
     by_names: hashbrown::HashTable<CounterId>,
     names_hasher: Hasher,
     dirty: Vec<ClientId>,
@@ -697,12 +696,7 @@ impl Writer {
         for group in events.chunks(GROUP) {
             let mut keys = [(0, None); GROUP];
             for (event, key) in group.iter().zip(&mut keys) {
-                let client = self.client(event.client);
-                let uuids = &self.permits[client as usize].uuids;
-                *key = (
-                    client,
-                    parse_canonical_uuid(event.reference_id).map(|id| uuids.hashed(id)),
-                );
+                *key = self.key(event);
             }
             // A tight loop of loads, so that their misses are in flight together: an out-of-order
             // core overlaps only the misses that sit within a few hundred instructions, so the
@@ -719,12 +713,17 @@ impl Writer {
         }
     }
 
-    fn client(&mut self, name: &str) -> ClientId {
-        let client = self.tables.client(name);
+    /// The event's client, and its id hashed for the client's table when it is a canonical UUID.
+    fn key(&mut self, event: &EventRef<'_>) -> (ClientId, Option<Hashed>) {
+        let client = self.tables.client(event.client);
         if client as usize == self.permits.len() {
             self.permits.push(ClientPermits::default());
         }
-        client
+        let uuids = &self.permits[client as usize].uuids;
+        (
+            client,
+            parse_canonical_uuid(event.reference_id).map(|id| uuids.hashed(id)),
+        )
     }
 
     /// One event, given its client and its id when that is a canonical UUID.

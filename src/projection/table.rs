@@ -80,15 +80,7 @@ pub(super) struct UuidTable {
     /// A power of two in length, or empty before the first insert.
     slots: Vec<Slot>,
     len: usize,
-    /// How far a hash is shifted right to give a slot: 64 - log2(slots).
-    shift: u32,
     hasher: foldhash::fast::RandomState,
-}
-
-/// A slot for `hash` among `2^(64 - shift)`: the high bits, the ones a multiplicative hash mixes
-/// best.
-fn home(hash: u64, shift: u32) -> usize {
-    (hash >> shift) as usize
 }
 
 impl UuidTable {
@@ -104,16 +96,21 @@ impl UuidTable {
         }
     }
 
+    /// The first slot a key with this hash may be in (the table is not empty).
+    fn home(&self, hash: u64) -> usize {
+        // The high bits: the ones a multiplicative hash mixes best.
+        (hash >> (64 - self.slots.len().trailing_zeros())) as usize
+    }
+
     /// Reads the key's first slots without waiting for them, so that a later [`Self::probe`]
     /// finds them in cache: a batch touches the slots of several events, then applies them.
     pub(super) fn touch(&self, key: Hashed) {
-        let slots = &self.slots;
-        if !slots.is_empty() {
+        if !self.slots.is_empty() {
             // The home slot and the next one, where a probe goes on whenever the home slot holds
             // another key: their 56 bytes lie in one or two cache lines, read here at both ends.
-            let at = home(key.hash, self.shift);
-            let next = (at + 1) & (slots.len() - 1);
-            std::hint::black_box(slots[at][0] ^ slots[next][6]);
+            let at = self.home(key.hash);
+            let next = (at + 1) & (self.slots.len() - 1);
+            std::hint::black_box(self.slots[at][0] ^ self.slots[next][6]);
         }
     }
 
@@ -123,7 +120,7 @@ impl UuidTable {
             return Probe::Absent(usize::MAX);
         }
         let mask = slots.len() - 1;
-        let (mut at, key) = (home(key.hash, self.shift), key.key);
+        let (mut at, key) = (self.home(key.hash), key.key);
         loop {
             let slot = &slots[at];
             if is_empty(slot) {
@@ -165,30 +162,28 @@ impl UuidTable {
     /// Removes the key found at `at`, moving later keys of its run back so that every key stays
     /// reachable from its home slot without a gap.
     pub(super) fn remove(&mut self, mut at: usize) {
-        let (hasher, shift) = (&self.hasher, self.shift);
-        let slots = &mut self.slots;
-        let mask = slots.len() - 1;
+        let mask = self.slots.len() - 1;
         let mut next = at;
         loop {
             next = (next + 1) & mask;
-            let slot = slots[next];
+            let slot = self.slots[next];
             if is_empty(&slot) {
                 break;
             }
             // The key at `next` may fill the hole at `at` unless its home lies cyclically in
             // (at, next]: then it would move before its home.
-            let home = home(hasher.hash_one(u128::from_ne_bytes(key_of(&slot).0)), shift);
+            let home = self.home(self.hashed(key_of(&slot)).hash);
             let stays = if at <= next {
                 at < home && home <= next
             } else {
                 at < home || home <= next
             };
             if !stays {
-                slots[at] = slot;
+                self.slots[at] = slot;
                 at = next;
             }
         }
-        slots[at] = [0; 7];
+        self.slots[at] = [0; 7];
         self.len -= 1;
     }
 
@@ -196,10 +191,9 @@ impl UuidTable {
         let capacity = (self.slots.len() * 2).max(16);
         // Zeros: allocated zeroed, untouched until used.
         let old = std::mem::replace(&mut self.slots, vec![[0; 7]; capacity]);
-        self.shift = 64 - capacity.trailing_zeros();
         let mask = capacity - 1;
         for &slot in old.iter().filter(|slot| !is_empty(slot)) {
-            let mut at = home(self.hashed(key_of(&slot)).hash, self.shift);
+            let mut at = self.home(self.hashed(key_of(&slot)).hash);
             while !is_empty(&self.slots[at]) {
                 at = (at + 1) & mask;
             }
