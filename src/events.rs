@@ -637,27 +637,20 @@ pub fn is_alphanumeric_or_dash(text: &str) -> bool {
     return alphanumeric_or_dash_table(text.as_bytes());
 }
 
-/// Sixteen bytes per step in SSE2 registers (see `projection::hex_digits`): ~1 instruction a byte
-/// where the table takes ~4.
+/// Sixteen bytes per step in SSE2 registers ([`crate::simd`]): ~1 instruction a byte where the
+/// table takes ~4.
 #[cfg(target_feature = "sse2")]
 fn alphanumeric_or_dash_sse2(bytes: &[u8]) -> bool {
-    use safe_arch::{
-        bitand_m128i, bitor_m128i, cmp_eq_mask_i8_m128i, cmp_gt_mask_i8_m128i,
-        cmp_lt_mask_i8_m128i, m128i, move_mask_i8_m128i, set_splat_i8_m128i,
-    };
-    let splat = |b: u8| set_splat_i8_m128i(b as i8);
+    use crate::simd::{m128i, splat, within};
+    use safe_arch::{bitor_m128i, cmp_eq_mask_i8_m128i, move_mask_i8_m128i};
     let allowed = |chunk: [u8; 16]| {
         let text = m128i::from(chunk);
-        // Signed compares: a byte of 0x80 or more is below '0' and fails every range.
-        let within = |low: u8, high: u8| {
-            bitand_m128i(
-                cmp_gt_mask_i8_m128i(text, splat(low - 1)),
-                cmp_lt_mask_i8_m128i(text, splat(high + 1)),
-            )
-        };
         let ok = bitor_m128i(
-            bitor_m128i(within(b'0', b'9'), within(b'A', b'Z')),
-            bitor_m128i(within(b'a', b'z'), cmp_eq_mask_i8_m128i(text, splat(b'-'))),
+            bitor_m128i(within(text, b'0', b'9'), within(text, b'A', b'Z')),
+            bitor_m128i(
+                within(text, b'a', b'z'),
+                cmp_eq_mask_i8_m128i(text, splat(b'-')),
+            ),
         );
         move_mask_i8_m128i(ok) == 0xffff
     };

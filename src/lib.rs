@@ -20,6 +20,7 @@
 //! - [`embedded`]: the in-process broker for `serve` without `--brokers`.
 //! - [`produce`]: the deterministic workload generator.
 //! - [`app`]: wiring of `serve` and `token`, and shutdown.
+//! - `simd`: byte-range tests sixteen bytes at a time (SSE2), for the id checks on the hot paths.
 
 pub mod api;
 pub mod app;
@@ -30,6 +31,8 @@ pub mod events;
 pub mod ingest;
 pub mod produce;
 pub mod projection;
+#[cfg(target_feature = "sse2")]
+mod simd;
 pub mod telemetry;
 
 use config::{Cli, Command};

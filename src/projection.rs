@@ -526,30 +526,22 @@ fn canonical_digits(id: &str) -> Option<[u64; 4]> {
 }
 
 /// [`canonical_digits`] to their 16 bytes, or `None` if any digit is not one of `0-9a-f`: sixteen
-/// digits per step in SSE2 registers (every x86-64 CPU has them; `safe_arch` wraps the intrinsics
-/// safely). The whole parse is then ~70 instructions instead of ~145 with [`hex_digits_swar`],
-/// which had become the largest part of applying an event.
+/// digits per step in SSE2 registers ([`crate::simd`]). The whole parse is then ~70 instructions
+/// instead of ~145 with `hex_digits_swar`, which had become the largest part of applying an
+/// event.
 #[cfg(target_feature = "sse2")]
 fn hex_digits(words: [u64; 4]) -> Option<[u8; 16]> {
+    use crate::simd::{m128i, splat, within};
     use safe_arch::{
-        bitand_m128i, bitor_m128i, cmp_gt_mask_i8_m128i, cmp_lt_mask_i8_m128i, m128i,
-        move_mask_i8_m128i, pack_i16_to_u8_m128i, set_i64_m128i, set_splat_i8_m128i,
+        bitand_m128i, bitor_m128i, move_mask_i8_m128i, pack_i16_to_u8_m128i, set_i64_m128i,
         set_splat_i16_m128i, shl_imm_u16_m128i, shr_imm_u16_m128i, sub_i8_m128i,
     };
-    let splat = |b: u8| set_splat_i8_m128i(b as i8);
     // Sixteen digits to eight bytes, each in the low byte of a 16-bit lane; and a mask with a bit
     // per digit that is one of `0-9a-f`.
     let half = |first: u64, second: u64| -> (m128i, i32) {
         let text = set_i64_m128i(second as i64, first as i64);
-        // Signed compares: a byte of 0x80 or more is below '0' and fails both ranges.
-        let within = |low: u8, high: u8| {
-            bitand_m128i(
-                cmp_gt_mask_i8_m128i(text, splat(low - 1)),
-                cmp_lt_mask_i8_m128i(text, splat(high + 1)),
-            )
-        };
-        let letter = within(b'a', b'f');
-        let valid = move_mask_i8_m128i(bitor_m128i(within(b'0', b'9'), letter));
+        let letter = within(text, b'a', b'f');
+        let valid = move_mask_i8_m128i(bitor_m128i(within(text, b'0', b'9'), letter));
         // '0'-'9' less '0' are 0-9; 'a'-'f' less '0' are 49-54, and 39 less again 10-15.
         let nibbles = sub_i8_m128i(
             sub_i8_m128i(text, splat(b'0')),
