@@ -52,10 +52,9 @@ use tracing::{debug, error, info};
 use crate::{
     auth::{TokenKey, Tokens},
     config::ServeArgs,
-    events,
-    ingest::IngestStatus,
     projection::Projection,
-    telemetry,
+    status::IngestStatus,
+    telemetry, text,
 };
 
 /// The largest request body accepted.
@@ -319,7 +318,7 @@ async fn stats(
     if token.chars().count() > MAX_TOKEN_CHARS {
         return Err(ApiError::TooLong("apiToken"));
     }
-    if !events::is_alphanumeric_or_dash(token) {
+    if !text::is_alphanumeric_or_dash(token) {
         return Err(ApiError::InvalidCharacters);
     }
     let zones = zone_filter(request.zones.as_deref())?;

@@ -25,11 +25,12 @@ use tracing::{error, info, warn};
 use crate::{
     api::{self, AppState},
     auth::{self, Tokens},
-    config::{ServeArgs, TokenArgs},
+    config::{ProduceArgs, ServeArgs, TokenArgs, ValueFormat},
     embedded::EmbeddedBroker,
-    ingest::{self, IngestConfig, IngestStatus},
+    ingest::{self, IngestConfig},
     produce,
     projection::Projection,
+    status::IngestStatus,
     telemetry,
 };
 
@@ -252,6 +253,53 @@ async fn shutdown_signal() {
     }
 }
 
+/// `permit-stats produce`: creates the topic if asked, writes `--events` records of the workload
+/// and prints a one-line summary to stderr. Blocking: call it outside async code or from
+/// `spawn_blocking`.
+pub fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
+    let spec = workload_spec(args);
+    spec.validate().context("invalid workload")?;
+    if let Some(partitions) = args.create_partitions {
+        produce::create_topic(&args.brokers, &args.topic, partitions)?;
+    }
+    let stop = AtomicBool::new(false);
+    let summary = produce::stream(
+        &args.brokers,
+        &args.topic,
+        produce::Workload::new(spec),
+        args.rate,
+        Some(args.events),
+        &stop,
+    )?;
+    eprintln!("{summary}");
+    if let Some(error) = summary.first_failure {
+        bail!(
+            "{} records were not delivered to {}; the first because: {error}",
+            summary.failed,
+            args.topic
+        );
+    }
+    Ok(())
+}
+
+/// The workload `produce`'s flags describe.
+fn workload_spec(args: &ProduceArgs) -> produce::WorkloadSpec {
+    produce::WorkloadSpec {
+        permits: args.permits,
+        zones: args.zones,
+        clients: args.clients.iter().map(|c| c.trim().to_owned()).collect(),
+        seed: args.seed,
+        duplicates: args.duplicates,
+        bad_records: args.bad_records,
+        format: match args.format {
+            ValueFormat::Protobuf => produce::Format::Protobuf,
+            ValueFormat::Json => produce::Format::Json,
+            ValueFormat::Mixed => produce::Format::Mixed,
+        },
+        clock: produce::Clock::default(),
+    }
+}
+
 /// Prints a new token alone on the first line, then the token-file entry for it.
 pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
     let token = auth::generate();
@@ -264,4 +312,45 @@ pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
     );
     print!("{entry}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::config::{Cli, Command};
+
+    #[test]
+    fn produce_flags_become_the_workload_they_describe() {
+        let cli = Cli::try_parse_from([
+            "permit-stats",
+            "produce",
+            "--brokers",
+            "b",
+            "--clients",
+            "OC-TOMA, OC-DEMO",
+            "--format",
+            "mixed",
+        ])
+        .expect("valid flags");
+        let Command::Produce(args) = cli.command else {
+            panic!("parsed another subcommand");
+        };
+        let spec = workload_spec(&args);
+        assert_eq!(spec.clients, ["OC-TOMA", "OC-DEMO"]);
+        assert_eq!(spec.format, produce::Format::Mixed);
+        assert_eq!(
+            produce::WorkloadSpec {
+                clients: spec.clients.clone(),
+                format: produce::Format::Protobuf,
+                ..spec.clone()
+            },
+            produce::WorkloadSpec {
+                clients: spec.clients.clone(),
+                ..produce::WorkloadSpec::default()
+            },
+            "the flags' defaults are the workload's defaults"
+        );
+    }
 }

@@ -5,8 +5,6 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::produce::ProduceArgs;
-
 /// The default topic of the permit events.
 pub const DEFAULT_TOPIC: &str = "opscom.permits.v1";
 
@@ -130,6 +128,91 @@ pub struct ServeArgs {
     pub metadata_interval: u64,
 }
 
+/// `permit-stats produce`: write a deterministic stream of permit events to a Kafka topic.
+#[derive(Args, Debug, Clone)]
+pub struct ProduceArgs {
+    /// Kafka bootstrap servers, `host:port[,host:port...]`
+    #[arg(long, env = "PERMIT_STATS_BROKERS")]
+    pub brokers: String,
+
+    /// Topic to write the permit events to
+    #[arg(long, env = "PERMIT_STATS_TOPIC", default_value = DEFAULT_TOPIC)]
+    pub topic: String,
+
+    /// Total number of records to write (duplicates and bad records included)
+    #[arg(long, env = "PERMIT_STATS_EVENTS", default_value_t = 10_000)]
+    pub events: u64,
+
+    /// Number of distinct permits live at most at any time
+    #[arg(long, env = "PERMIT_STATS_PERMITS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub permits: u32,
+
+    /// Number of zones (`Lot 01`, `Lot 02`, ...)
+    #[arg(long, env = "PERMIT_STATS_ZONES", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub zones: u32,
+
+    /// Client codes the permits are spread over, comma-separated
+    #[arg(
+        long,
+        env = "PERMIT_STATS_CLIENTS",
+        value_delimiter = ',',
+        default_value = "OC-TOMA"
+    )]
+    pub clients: Vec<String>,
+
+    /// Seed of the generator: the same seed writes the same records, byte for byte
+    #[arg(long, env = "PERMIT_STATS_SEED", default_value_t = 42)]
+    pub seed: u64,
+
+    /// Records per second; 0 writes as fast as the broker takes them
+    #[arg(long, env = "PERMIT_STATS_RATE", default_value_t = 0.0, value_parser = parse_rate)]
+    pub rate: f64,
+
+    /// Encoding of the record values
+    #[arg(long, env = "PERMIT_STATS_FORMAT", value_enum, default_value_t = ValueFormat::Protobuf)]
+    pub format: ValueFormat,
+
+    /// Fraction of records that re-send the previous event as an exact duplicate (0 to 1)
+    #[arg(long, env = "PERMIT_STATS_DUPLICATES", default_value_t = 0.0, value_parser = parse_fraction)]
+    pub duplicates: f64,
+
+    /// Fraction of records that are garbage the service must reject (0 to 1)
+    #[arg(long, env = "PERMIT_STATS_BAD_RECORDS", default_value_t = 0.0, value_parser = parse_fraction)]
+    pub bad_records: f64,
+
+    /// Create the topic with this many partitions first, unless it already exists
+    #[arg(long, env = "PERMIT_STATS_CREATE_PARTITIONS",
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub create_partitions: Option<i32>,
+}
+
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err("expected a number from 0 to 1".to_owned()),
+    }
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() && value >= 0.0 => Ok(value),
+        _ => Err("expected a number of records per second, 0 or more".to_owned()),
+    }
+}
+
+/// `produce --format`: how record values are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ValueFormat {
+    /// Every value is protobuf (`application/x-protobuf`).
+    Protobuf,
+    /// Every value is canonical proto3 JSON (`application/json`).
+    Json,
+    /// Each value is protobuf or JSON, about half each.
+    Mixed,
+}
+
 /// `permit-stats token`.
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {
@@ -184,5 +267,32 @@ mod tests {
         assert_eq!(args.dead_letter_topic.as_deref(), Some("bad"));
         assert_eq!(args.metadata_interval, 1);
         assert!(parse(&["--metadata-interval", "0"]).is_err());
+    }
+
+    #[test]
+    fn produce_flags_parse_with_defaults() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ProduceArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "produce",
+            "--brokers",
+            "localhost:9092",
+            "--clients",
+            "OC-TOMA,OC-DEMO",
+            "--format",
+            "mixed",
+            "--bad-records",
+            "0.05",
+        ])
+        .expect("valid flags");
+        assert_eq!(cli.args.clients, ["OC-TOMA", "OC-DEMO"]);
+        assert_eq!(cli.args.format, ValueFormat::Mixed);
+        assert_eq!(cli.args.events, 10_000);
+        assert!(Cli::try_parse_from(["produce", "--brokers", "b", "--duplicates", "1.5"]).is_err());
+        assert!(Cli::try_parse_from(["produce", "--brokers", "b", "--rate", "-1"]).is_err());
     }
 }

@@ -29,17 +29,13 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     ops::Range,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc,
-    },
+    sync::{Arc, Mutex, PoisonError, mpsc},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use metrics::{Counter, Gauge, Unit, counter, describe_counter, describe_gauge, gauge};
+use metrics::{Counter, Gauge, counter, gauge};
 use rdkafka::{
     ClientConfig, ClientContext, Message, Offset, Statistics, TopicPartitionList,
     config::RDKafkaLogLevel,
@@ -48,7 +44,6 @@ use rdkafka::{
     message::{BorrowedMessage, Header, Headers, OwnedHeaders},
     producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext},
 };
-use serde::Serialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +52,7 @@ use tracing::{debug, info, warn};
 use crate::{
     events::{self, Encoding, EventRef, InvalidEvent, PermitEvent},
     projection::{Kind, Projection, SkipReason, Tally},
+    status::IngestStatus,
     telemetry,
 };
 
@@ -99,13 +95,6 @@ pub const DEAD_LETTER_HEADERS: [&str; 4] = [
     HEADER_SOURCE_OFFSET,
 ];
 
-/// Bad records copied to the dead-letter topic and acknowledged by the broker.
-pub const DEAD_LETTERED: &str = "permit_stats_dead_letter_records_total";
-/// Bad records that could not be copied to the dead-letter topic.
-pub const DEAD_LETTER_FAILURES: &str = "permit_stats_dead_letter_failures_total";
-/// Unix time ingest last heard from the broker (a record, or a metadata answer).
-pub const BROKER_LAST_CONTACT: &str = "permit_stats_broker_last_contact_timestamp_seconds";
-
 /// Where ingest reads from.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
@@ -117,138 +106,6 @@ pub struct IngestConfig {
     pub dead_letter_topic: Option<String>,
     /// How often the topic's metadata is read again, to pick up added partitions.
     pub metadata_every: Duration,
-}
-
-/// Replay progress and freshness, written by ingest and read by the API.
-#[derive(Debug)]
-pub struct IngestStatus {
-    ready: AtomicBool,
-    lag: AtomicU64,
-    target: AtomicU64,
-    replayed: AtomicU64,
-    started: Instant,
-    ready_after_ms: AtomicU64,
-    /// Milliseconds after `started` of the last sign of the broker; `u64::MAX` before the first.
-    last_contact_ms: AtomicU64,
-    waiting_for: Mutex<Option<String>>,
-}
-
-/// What `/health/ready` reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct Progress {
-    /// Whether the projection has caught up since start.
-    pub ready: bool,
-    /// Records applied of those below the start watermarks.
-    pub replayed: u64,
-    /// Records below the start watermarks.
-    pub target: u64,
-    /// `replayed` as a percentage of `target` (100 when there is nothing to replay).
-    pub percent: f64,
-    /// Records not yet applied, at the last check.
-    pub lag: u64,
-    /// Seconds the replay took, once ready.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub replay_seconds: Option<f64>,
-    /// Why ingest is waiting, when it is (e.g. the broker is unreachable).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub waiting_for: Option<String>,
-    /// How old `lag` is: seconds since ingest last heard from the broker (a record or a metadata
-    /// answer). Stays near 0 while connected and grows while the broker is unreachable, when the
-    /// lag cannot be measured and keeps its last known value. Absent before the first contact.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lag_age_seconds: Option<f64>,
-}
-
-impl Default for IngestStatus {
-    fn default() -> Self {
-        Self {
-            ready: AtomicBool::new(false),
-            lag: AtomicU64::new(0),
-            target: AtomicU64::new(0),
-            replayed: AtomicU64::new(0),
-            started: Instant::now(),
-            ready_after_ms: AtomicU64::new(0),
-            last_contact_ms: AtomicU64::new(u64::MAX),
-            waiting_for: Mutex::new(Some("the broker's metadata".into())),
-        }
-    }
-}
-
-impl IngestStatus {
-    /// A status that is not ready yet.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Whether the projection has caught up since start (a one-way latch).
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    /// Records between what is applied and the high watermarks, at the last check.
-    pub fn lag(&self) -> u64 {
-        self.lag.load(Ordering::Relaxed)
-    }
-
-    /// Flips the readiness latch.
-    pub fn mark_ready(&self) {
-        if !self.ready.swap(true, Ordering::AcqRel) {
-            let took = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            self.ready_after_ms.store(took, Ordering::Relaxed);
-        }
-    }
-
-    /// The replay's progress.
-    pub fn progress(&self) -> Progress {
-        let ready = self.is_ready();
-        let target = self.target.load(Ordering::Relaxed);
-        let replayed = self.replayed.load(Ordering::Relaxed).min(target);
-        Progress {
-            ready,
-            replayed,
-            target,
-            percent: if ready {
-                100.0
-            } else if target == 0 {
-                0.0
-            } else {
-                (replayed as f64 * 1000.0 / target as f64).floor() / 10.0
-            },
-            lag: self.lag(),
-            replay_seconds: ready
-                .then(|| self.ready_after_ms.load(Ordering::Relaxed) as f64 / 1000.0),
-            waiting_for: self
-                .waiting_for
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-            lag_age_seconds: self
-                .lag_age()
-                .map(|age| (age.as_secs_f64() * 10.0).floor() / 10.0),
-        }
-    }
-
-    /// Time since ingest last heard from the broker; `None` before the first contact.
-    pub fn lag_age(&self) -> Option<Duration> {
-        let at = self.last_contact_ms.load(Ordering::Relaxed);
-        (at != u64::MAX).then(|| {
-            self.started
-                .elapsed()
-                .saturating_sub(Duration::from_millis(at))
-        })
-    }
-
-    fn note_contact(&self) {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        self.last_contact_ms.store(now, Ordering::Relaxed);
-    }
-
-    fn set_waiting_for(&self, why: Option<String>) {
-        *self
-            .waiting_for
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = why;
-    }
 }
 
 /// Starts the ingest thread. It runs until `cancel` fires; its outcome arrives on the returned
@@ -348,14 +205,7 @@ impl IngestMetrics {
                 .collect(),
             last_event: gauge!(telemetry::LAST_EVENT_TIMESTAMP),
             ready: gauge!(telemetry::READY),
-            last_contact: {
-                describe_gauge!(
-                    BROKER_LAST_CONTACT,
-                    Unit::Seconds,
-                    "Unix time ingest last heard from the broker (a record or a metadata answer)"
-                );
-                gauge!(BROKER_LAST_CONTACT)
-            },
+            last_contact: gauge!(telemetry::BROKER_LAST_CONTACT),
         }
     }
 }
@@ -592,10 +442,7 @@ impl Ingest {
             .iter()
             .map(|(_, s)| (s.start_high - s.low).max(0) as u64)
             .sum();
-        self.tracker
-            .status
-            .target
-            .fetch_add(target, Ordering::Relaxed);
+        self.tracker.status.add_to_target(target);
         info!(
             topic = %self.tracker.topic,
             partitions = new_states.len(),
@@ -947,7 +794,7 @@ impl Tracker {
                 (state.next - state.low).max(0) as u64
             };
         }
-        self.status.replayed.store(replayed, Ordering::Relaxed);
+        self.status.set_replayed(replayed);
         // Lag first, so that the first answer after the latch flips carries a current one.
         self.update_lag();
         if !all_caught_up || self.partitions.is_empty() {
@@ -985,7 +832,7 @@ impl Tracker {
             state.lag.set(lag as f64);
             total += lag;
         }
-        self.status.lag.store(total, Ordering::Relaxed);
+        self.status.set_lag(total);
     }
 
     fn log_progress(&self, (since, before): (Instant, u64)) -> (Instant, u64) {
@@ -1047,17 +894,9 @@ impl ProducerContext for DeadLetterContext {
 
 impl DeadLetter {
     fn new(brokers: &str, topic: &str, source_topic: &str) -> anyhow::Result<Self> {
-        describe_counter!(
-            DEAD_LETTERED,
-            "Bad records copied to the dead-letter topic and acknowledged by the broker"
-        );
-        describe_counter!(
-            DEAD_LETTER_FAILURES,
-            "Bad records that could not be copied to the dead-letter topic"
-        );
-        let failures = counter!(DEAD_LETTER_FAILURES);
+        let failures = counter!(telemetry::DEAD_LETTER_FAILURES);
         failures.absolute(0);
-        let delivered = counter!(DEAD_LETTERED);
+        let delivered = counter!(telemetry::DEAD_LETTERED);
         delivered.absolute(0);
         let producer: BaseProducer<DeadLetterContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -1302,18 +1141,5 @@ mod tests {
         );
         assert_eq!(header_number(&message, HEADER_SOURCE_PARTITION), None);
         assert_eq!(header_text(&message, HEADER_REASON), None);
-    }
-
-    #[test]
-    fn lag_age_is_absent_before_the_first_contact_and_small_after_it() {
-        let status = IngestStatus::new();
-        assert_eq!(status.lag_age(), None);
-        let json = serde_json::to_value(status.progress()).expect("serializes");
-        assert!(json.get("lag_age_seconds").is_none(), "{json}");
-        status.note_contact();
-        let age = status.lag_age().expect("contact noted");
-        assert!(age < Duration::from_secs(1), "{age:?}");
-        let json = serde_json::to_value(status.progress()).expect("serializes");
-        assert!(json["lag_age_seconds"].as_f64().is_some(), "{json}");
     }
 }

@@ -20,7 +20,11 @@
 //! - [`embedded`]: the in-process broker for `serve` without `--brokers`.
 //! - [`produce`]: the deterministic workload generator.
 //! - [`app`]: wiring of `serve` and `token`, and shutdown.
-//! - `simd`: byte-range tests sixteen bytes at a time (SSE2), for the id checks on the hot paths.
+//! - [`status`]: readiness, lag and broker contact, written by ingest and read by the API.
+//! - [`text`]: byte-class checks (ids, tokens) shared by events and the API.
+
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 pub mod api;
 pub mod app;
@@ -31,9 +35,9 @@ pub mod events;
 pub mod ingest;
 pub mod produce;
 pub mod projection;
-#[cfg(target_feature = "sse2")]
-mod simd;
+pub mod status;
 pub mod telemetry;
+pub mod text;
 
 use config::{Cli, Command};
 
@@ -41,7 +45,7 @@ use config::{Cli, Command};
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => app::serve(args).await,
-        Command::Produce(args) => tokio::task::spawn_blocking(move || produce::run(args)).await?,
+        Command::Produce(args) => tokio::task::spawn_blocking(move || app::produce(&args)).await?,
         Command::Token(args) => app::token(&args),
     }
 }

@@ -40,82 +40,8 @@ use rdkafka::{
 
 use crate::events::{Change, Encoding, InvalidEvent, MAX_CLIENT_CHARS, PermitEvent, pb};
 
-/// `permit-stats produce`: write a deterministic stream of permit events to a Kafka topic.
-#[derive(clap::Args, Debug, Clone)]
-pub struct ProduceArgs {
-    /// Kafka bootstrap servers, `host:port[,host:port...]`
-    #[arg(long, env = "PERMIT_STATS_BROKERS")]
-    pub brokers: String,
-
-    /// Topic to write the permit events to
-    #[arg(long, env = "PERMIT_STATS_TOPIC", default_value = "opscom.permits.v1")]
-    pub topic: String,
-
-    /// Total number of records to write (duplicates and bad records included)
-    #[arg(long, env = "PERMIT_STATS_EVENTS", default_value_t = 10_000)]
-    pub events: u64,
-
-    /// Number of distinct permits live at most at any time
-    #[arg(long, env = "PERMIT_STATS_PERMITS", default_value_t = 1_000,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub permits: u32,
-
-    /// Number of zones (`Lot 01`, `Lot 02`, ...)
-    #[arg(long, env = "PERMIT_STATS_ZONES", default_value_t = 20,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub zones: u32,
-
-    /// Client codes the permits are spread over, comma-separated
-    #[arg(
-        long,
-        env = "PERMIT_STATS_CLIENTS",
-        value_delimiter = ',',
-        default_value = "OC-TOMA"
-    )]
-    pub clients: Vec<String>,
-
-    /// Seed of the generator: the same seed writes the same records, byte for byte
-    #[arg(long, env = "PERMIT_STATS_SEED", default_value_t = 42)]
-    pub seed: u64,
-
-    /// Records per second; 0 writes as fast as the broker takes them
-    #[arg(long, env = "PERMIT_STATS_RATE", default_value_t = 0.0, value_parser = parse_rate)]
-    pub rate: f64,
-
-    /// Encoding of the record values
-    #[arg(long, env = "PERMIT_STATS_FORMAT", value_enum, default_value_t = Format::Protobuf)]
-    pub format: Format,
-
-    /// Fraction of records that re-send the previous event as an exact duplicate (0 to 1)
-    #[arg(long, env = "PERMIT_STATS_DUPLICATES", default_value_t = 0.0, value_parser = parse_fraction)]
-    pub duplicates: f64,
-
-    /// Fraction of records that are garbage the service must reject (0 to 1)
-    #[arg(long, env = "PERMIT_STATS_BAD_RECORDS", default_value_t = 0.0, value_parser = parse_fraction)]
-    pub bad_records: f64,
-
-    /// Create the topic with this many partitions first, unless it already exists
-    #[arg(long, env = "PERMIT_STATS_CREATE_PARTITIONS",
-          value_parser = clap::value_parser!(i32).range(1..))]
-    pub create_partitions: Option<i32>,
-}
-
-fn parse_fraction(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
-        _ => Err("expected a number from 0 to 1".to_owned()),
-    }
-}
-
-fn parse_rate(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(value) if value.is_finite() && value >= 0.0 => Ok(value),
-        _ => Err("expected a number of records per second, 0 or more".to_owned()),
-    }
-}
-
 /// How record values are encoded.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// Every value is protobuf (`application/x-protobuf`).
     Protobuf,
@@ -203,21 +129,6 @@ impl WorkloadSpec {
             });
         }
         Ok(())
-    }
-}
-
-impl From<&ProduceArgs> for WorkloadSpec {
-    fn from(args: &ProduceArgs) -> Self {
-        Self {
-            permits: args.permits,
-            zones: args.zones,
-            clients: args.clients.iter().map(|c| c.trim().to_owned()).collect(),
-            seed: args.seed,
-            duplicates: args.duplicates,
-            bad_records: args.bad_records,
-            format: args.format,
-            clock: Clock::default(),
-        }
     }
 }
 
@@ -952,38 +863,9 @@ pub fn stream(
     Ok(summary)
 }
 
-/// `permit-stats produce`: creates the topic if asked, writes `--events` records of the workload
-/// and prints a one-line summary to stderr. Blocking: call it outside async code or from
-/// `spawn_blocking`.
-pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
-    let spec = WorkloadSpec::from(&args);
-    spec.validate().context("invalid workload")?;
-    if let Some(partitions) = args.create_partitions {
-        create_topic(&args.brokers, &args.topic, partitions)?;
-    }
-    let stop = AtomicBool::new(false);
-    let summary = stream(
-        &args.brokers,
-        &args.topic,
-        Workload::new(spec),
-        args.rate,
-        Some(args.events),
-        &stop,
-    )?;
-    eprintln!("{summary}");
-    if let Some(error) = summary.first_failure {
-        anyhow::bail!(
-            "{} records were not delivered to {}; the first because: {error}",
-            summary.failed,
-            args.topic
-        );
-    }
-    Ok(())
-}
-
 /// Creates `topic` unless it exists. The admin API is async only, so a small runtime drives this
 /// one call rather than making all of `run` async.
-fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1192,34 +1074,6 @@ mod tests {
             })
             .is_some()
         );
-    }
-
-    #[test]
-    fn flags_parse_with_defaults() {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: ProduceArgs,
-        }
-        let cli = Cli::try_parse_from([
-            "produce",
-            "--brokers",
-            "localhost:9092",
-            "--clients",
-            "OC-TOMA,OC-DEMO",
-            "--format",
-            "mixed",
-            "--bad-records",
-            "0.05",
-        ])
-        .expect("valid flags");
-        let spec = WorkloadSpec::from(&cli.args);
-        assert_eq!(spec.clients, ["OC-TOMA", "OC-DEMO"]);
-        assert_eq!(spec.format, Format::Mixed);
-        assert_eq!(cli.args.events, 10_000);
-        assert!(Cli::try_parse_from(["produce", "--brokers", "b", "--duplicates", "1.5"]).is_err());
-        assert!(Cli::try_parse_from(["produce", "--brokers", "b", "--rate", "-1"]).is_err());
     }
 
     mod kafka {

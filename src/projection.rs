@@ -531,7 +531,7 @@ fn canonical_digits(id: &str) -> Option<[u64; 4]> {
 /// event.
 #[cfg(target_feature = "sse2")]
 fn hex_digits(words: [u64; 4]) -> Option<[u8; 16]> {
-    use crate::simd::{m128i, splat, within};
+    use crate::text::simd::{m128i, splat, within};
     use safe_arch::{
         bitand_m128i, bitor_m128i, move_mask_i8_m128i, pack_i16_to_u8_m128i, set_i64_m128i,
         set_splat_i16_m128i, shl_imm_u16_m128i, shr_imm_u16_m128i, sub_i8_m128i,

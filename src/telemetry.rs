@@ -65,6 +65,13 @@ pub const KAFKA_FETCH_QUEUE: &str = "permit_stats_kafka_fetch_queue_records";
 /// Bytes received from the brokers by the consumer.
 pub const KAFKA_RECEIVED_BYTES: &str = "permit_stats_kafka_received_bytes_total";
 
+/// Bad records copied to the dead-letter topic and acknowledged by the broker.
+pub const DEAD_LETTERED: &str = "permit_stats_dead_letter_records_total";
+/// Bad records that could not be copied to the dead-letter topic.
+pub const DEAD_LETTER_FAILURES: &str = "permit_stats_dead_letter_failures_total";
+/// Unix time ingest last heard from the broker (a record, or a metadata answer).
+pub const BROKER_LAST_CONTACT: &str = "permit_stats_broker_last_contact_timestamp_seconds";
+
 /// The prefix of the families read from librdkafka's statistics.
 const KAFKA_PREFIX: &str = "permit_stats_kafka_";
 
@@ -181,6 +188,24 @@ const FAMILIES: &[Family] = &[
         name: HTTP_DURATION,
         kind: FamilyKind::Histogram,
         help: "Time to answer an HTTP request, by route",
+        recorded: true,
+    },
+    Family {
+        name: BROKER_LAST_CONTACT,
+        kind: FamilyKind::Gauge,
+        help: "Unix time ingest last heard from the broker (a record or a metadata answer)",
+        recorded: true,
+    },
+    Family {
+        name: DEAD_LETTERED,
+        kind: FamilyKind::Counter,
+        help: "Bad records copied to the dead-letter topic and acknowledged by the broker",
+        recorded: true,
+    },
+    Family {
+        name: DEAD_LETTER_FAILURES,
+        kind: FamilyKind::Counter,
+        help: "Bad records that could not be copied to the dead-letter topic",
         recorded: true,
     },
     Family {

@@ -17,8 +17,8 @@ use common::{OTHER_CLIENT_TOKEN, READ_ONLY_TOKEN, Server, TOKEN, created};
 use permit_stats::{
     api::Limits,
     events::{Change, PermitEvent},
-    ingest::IngestStatus,
     projection::Projection,
+    status::IngestStatus,
 };
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};

@@ -12,8 +12,8 @@ use permit_stats::{
     api::{self, AppState, Limits},
     auth::Tokens,
     events::{Change, PermitEvent},
-    ingest::IngestStatus,
     projection::Projection,
+    status::IngestStatus,
     telemetry,
 };
 use tokio_util::sync::CancellationToken;
