@@ -2,12 +2,16 @@
 //! how it all stops.
 //!
 //! One cancellation token stops everything. SIGTERM or Ctrl-C: the listener stops accepting,
-//! in-flight requests get a bounded grace period, the ingest thread and the demo producer stop,
-//! and the process exits 0. An unexpected exit of the server or the ingest thread stops the
-//! process with an error.
+//! in-flight requests get a bounded grace period, the ingest thread, the demo producer, the token
+//! reload and the metrics upkeep stop, and the process exits 0. An unexpected exit of the server or
+//! the ingest thread stops the process with an error.
+//!
+//! This is also the one place that turns the command line ([`crate::config`]) into each part's own
+//! configuration: [`api::Limits`], ingest's settings, the log format.
 
 use std::{
     net::SocketAddr,
+    num::NonZeroU32,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -23,9 +27,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
-    api::{self, AppState},
-    auth::{self, Tokens},
-    config::{ProduceArgs, ServeArgs, TokenArgs, ValueFormat},
+    api::{
+        self, AppState,
+        auth::{self, Tokens},
+    },
+    config::{self, LogFormat, ProduceArgs, ServeArgs, TokenArgs, ValueFormat},
     embedded::EmbeddedBroker,
     ingest::{self, IngestConfig},
     produce,
@@ -38,12 +44,42 @@ use crate::{
 const STOP_WAIT: Duration = Duration::from_secs(3);
 
 /// The client code of the demo's permits and token.
-pub const DEMO_CLIENT: &str = "OC-TOMA";
+const DEMO_CLIENT: &str = "OC-TOMA";
+
+/// Starts logging to stderr in the format `--log-format` asks for.
+pub(crate) fn init_logs(format: LogFormat) {
+    telemetry::init_tracing(match format {
+        LogFormat::Text => telemetry::LogFormat::Text,
+        LogFormat::Json => telemetry::LogFormat::Json,
+    });
+}
+
+/// The limits `permit-stats serve` was given.
+fn limits(args: &ServeArgs) -> api::Limits {
+    api::Limits {
+        header_read_timeout: Duration::from_secs(args.header_read_timeout),
+        body_read_timeout: Duration::from_secs(args.body_read_timeout),
+        max_connections: args.max_connections,
+        rate_limit: args
+            .rate_limit
+            .map(|limit| rate_limit(limit, args.rate_limit_burst)),
+    }
+}
+
+/// `--rate-limit` and `--rate-limit-burst` as the API enforces them: the burst defaults to one
+/// period's worth.
+fn rate_limit(limit: config::RateLimit, burst: Option<NonZeroU32>) -> api::RateLimit {
+    let rate = api::RateLimit::new(limit.requests, limit.period);
+    match burst {
+        Some(burst) => rate.with_burst(burst),
+        None => rate,
+    }
+}
 
 /// Runs the service until SIGTERM or Ctrl-C.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // First: every metric handle taken from here on (ingest's among them) must reach it.
-    let metrics = telemetry::metrics();
+    let metrics = telemetry::install().context("cannot install the metrics recorder")?;
     let mut tokens = match &args.tokens {
         Some(path) => Tokens::load(path)?,
         None => Tokens::default(),
@@ -88,7 +124,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             brokers: brokers.clone(),
             topic: args.topic.clone(),
             dead_letter_topic: args.dead_letter_topic.clone(),
-            metadata_every: Duration::from_secs(args.metadata_interval),
+            metadata_every: metadata_every(&args),
         },
         Arc::clone(&projection),
         Arc::clone(&status),
@@ -124,11 +160,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         status,
         metrics,
     };
-    // Token reload (SIGHUP, file changes) and the server's limits: see auth.rs and api.rs.
+    // Token reload (SIGHUP, file changes) and the server's limits: see api/auth/reload.rs and
+    // api/limits.rs.
     let poll = Some(Duration::from_secs(args.tokens_poll_interval)).filter(|p| !p.is_zero());
     let shared_tokens = Arc::clone(&state.tokens);
-    auth::spawn_reload(args.tokens.clone(), shared_tokens, poll, cancel.clone());
-    let limits = api::Limits::from_args(&args);
+    let background = [
+        (
+            "token reload",
+            auth::spawn_reload(args.tokens.clone(), shared_tokens, poll, cancel.clone()),
+        ),
+        ("metrics upkeep", state.metrics.spawn_upkeep(cancel.clone())),
+    ];
+    let limits = limits(&args);
     let router = api::router_with(state, &limits);
     let server = api::serve(listener, router, limits, cancel.clone());
     let mut server = tokio::spawn(server);
@@ -182,6 +225,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    // Both stop at the cancellation, between two of their steps: this is a formality unless one
+    // is stuck in a step (a token file on a hung network filesystem).
+    for (name, mut task) in background {
+        match tokio::time::timeout_at(threads_deadline, &mut task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(task = name, "background task failed: {e}"),
+            Err(_) => {
+                warn!(task = name, "background task did not stop in time");
+                task.abort();
+            }
+        }
+    }
     drop(embedded);
     if let Err(e) = &outcome {
         error!("{e:#}");
@@ -189,6 +244,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         info!("stopped");
     }
     outcome
+}
+
+/// `--metadata-interval` as ingest takes it.
+fn metadata_every(args: &ServeArgs) -> Duration {
+    Duration::from_secs(args.metadata_interval)
 }
 
 /// Streams the demo workload into the topic at `rate` events per second until stopped.
@@ -256,7 +316,7 @@ async fn shutdown_signal() {
 /// `permit-stats produce`: creates the topic if asked, writes `--events` records of the workload
 /// and prints a one-line summary to stderr. Blocking: call it outside async code or from
 /// `spawn_blocking`.
-pub fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
+pub(crate) fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
     let spec = workload_spec(args);
     spec.validate().context("invalid workload")?;
     if let Some(partitions) = args.create_partitions {
@@ -301,7 +361,7 @@ fn workload_spec(args: &ProduceArgs) -> produce::WorkloadSpec {
 }
 
 /// Prints a new token alone on the first line, then the token-file entry for it.
-pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
+pub(crate) fn token(args: &TokenArgs) -> anyhow::Result<()> {
     let token = auth::generate();
     let entry = auth::entry_for(&token, &args.client, &args.name)
         .context("cannot write the token-file entry")?;
@@ -320,6 +380,68 @@ mod tests {
 
     use super::*;
     use crate::config::{Cli, Command};
+
+    /// `permit-stats serve --demo` with `extra` flags.
+    fn serve_args(extra: &[&str]) -> Result<ServeArgs, clap::error::ErrorKind> {
+        let argv = ["permit-stats", "serve", "--demo"].iter().chain(extra);
+        match Cli::try_parse_from(argv).map(|cli| cli.command) {
+            Ok(Command::Serve(args)) => Ok(args),
+            Ok(_) => panic!("parsed another subcommand"),
+            Err(e) => Err(e.kind()),
+        }
+    }
+
+    #[test]
+    fn the_command_lines_defaults_are_the_parts_own() {
+        let args = serve_args(&[]).expect("valid");
+        assert_eq!(limits(&args), api::Limits::default());
+        assert_eq!(metadata_every(&args), ingest::DEFAULT_METADATA_EVERY);
+    }
+
+    #[test]
+    fn limits_come_from_the_command_line_with_sane_defaults() {
+        let limits = |extra: &[&str]| serve_args(extra).map(|args| limits(&args));
+        let defaults = limits(&[]).expect("valid");
+        assert_eq!(defaults, api::Limits::default());
+        assert_eq!(defaults.rate_limit, None, "rate limiting is off by default");
+
+        let set = limits(&[
+            "--header-read-timeout",
+            "3",
+            "--body-read-timeout",
+            "4",
+            "--max-connections",
+            "50",
+            "--rate-limit",
+            "50/s",
+            "--rate-limit-burst",
+            "10",
+        ])
+        .expect("valid");
+        assert_eq!(set.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(set.body_read_timeout, Duration::from_secs(4));
+        assert_eq!(set.max_connections, 50);
+        let rate = set.rate_limit.expect("a rate limit");
+        assert_eq!((rate.requests.get(), rate.burst.get()), (50, 10));
+        assert_eq!(rate.period, Duration::from_secs(1));
+        let rate = limits(&["--rate-limit", "3000/min"])
+            .expect("valid")
+            .rate_limit
+            .expect("a rate limit");
+        assert_eq!(
+            (rate.requests.get(), rate.period, rate.burst.get()),
+            (3000, Duration::from_secs(60), 3000),
+            "the burst defaults to one period's worth"
+        );
+
+        assert!(limits(&["--rate-limit", "fast"]).is_err());
+        assert!(limits(&["--max-connections", "0"]).is_err());
+        assert!(limits(&["--header-read-timeout", "0"]).is_err());
+        assert!(
+            limits(&["--rate-limit-burst", "5"]).is_err(),
+            "a burst needs a rate"
+        );
+    }
 
     #[test]
     fn produce_flags_become_the_workload_they_describe() {

@@ -1,7 +1,11 @@
 //! The command line: one binary, a few subcommands, every flag also read from an environment
 //! variable `PERMIT_STATS_<FLAG>` (spec/operations.md). Tests parse with `try_parse_from`.
+//!
+//! Only the command line lives here: its syntax (`--rate-limit 50/s`) and its defaults. app turns
+//! the parsed flags into each part's own configuration (`api::Limits`, ingest's settings, the
+//! log format), and its tests check that these defaults are the parts' own.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{fmt, net::SocketAddr, num::NonZeroU32, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -39,7 +43,7 @@ pub enum Command {
     Token(TokenArgs),
 }
 
-/// How log lines look.
+/// `--log-format`: how log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -87,30 +91,30 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request's head (request line and headers); also how long
     /// an idle keep-alive connection stays open.
     #[arg(long, env = "PERMIT_STATS_HEADER_READ_TIMEOUT",
-          default_value_t = crate::api::DEFAULT_HEADER_READ_TIMEOUT_SECS,
+          default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout: u64,
 
     /// Seconds a client has to send a request's body once its head has arrived (408 after).
     #[arg(long, env = "PERMIT_STATS_BODY_READ_TIMEOUT",
-          default_value_t = crate::api::DEFAULT_BODY_READ_TIMEOUT_SECS,
+          default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub body_read_timeout: u64,
 
     /// Connections served at once; more wait in the listen backlog until one closes.
     #[arg(long, env = "PERMIT_STATS_MAX_CONNECTIONS",
-          default_value_t = crate::api::DEFAULT_MAX_CONNECTIONS,
+          default_value_t = 1024,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
 
     /// Per-token rate limit of the stats request, e.g. `50/s`, `3000/min` (off when absent);
     /// excess requests get 429 with `Retry-After`.
     #[arg(long, env = "PERMIT_STATS_RATE_LIMIT")]
-    pub rate_limit: Option<crate::api::RateLimit>,
+    pub rate_limit: Option<RateLimit>,
 
     /// Requests a token may send at once under --rate-limit (default: one period's worth).
     #[arg(long, env = "PERMIT_STATS_RATE_LIMIT_BURST", requires = "rate_limit")]
-    pub rate_limit_burst: Option<std::num::NonZeroU32>,
+    pub rate_limit_burst: Option<NonZeroU32>,
 
     /// Seconds between checks of the token file for changes (0: reload on SIGHUP only).
     #[arg(long, env = "PERMIT_STATS_TOKENS_POLL_INTERVAL", default_value_t = 1)]
@@ -123,9 +127,66 @@ pub struct ServeArgs {
 
     /// Seconds between reads of the topic's metadata, which pick up added partitions.
     #[arg(long, env = "PERMIT_STATS_METADATA_INTERVAL",
-          default_value_t = crate::ingest::DEFAULT_METADATA_EVERY.as_secs(),
+          default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub metadata_interval: u64,
+}
+
+/// `--rate-limit`: `requests` per `period`, written `50/s`, `3000/min` or `100000/h` (also `/sec`,
+/// `/m`, `/hour`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests per period, 1 to 1,000,000.
+    pub requests: NonZeroU32,
+    /// A second, a minute or an hour.
+    pub period: Duration,
+}
+
+/// Why a `--rate-limit` value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateLimitError {
+    /// Not `<count>/<unit>`.
+    #[error("expected <count>/<unit>, e.g. 50/s, 3000/min or 100000/h")]
+    Shape,
+    /// The count is not a whole number from 1 to 1,000,000.
+    #[error("the count must be a whole number from 1 to 1000000")]
+    Count,
+    /// The unit is not seconds, minutes or hours.
+    #[error("the unit must be s, min or h")]
+    Unit,
+}
+
+impl FromStr for RateLimit {
+    type Err = RateLimitError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (count, unit) = s.trim().split_once('/').ok_or(RateLimitError::Shape)?;
+        let requests: NonZeroU32 = count
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n: &NonZeroU32| n.get() <= 1_000_000)
+            .ok_or(RateLimitError::Count)?;
+        let period = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return Err(RateLimitError::Unit),
+        };
+        Ok(Self { requests, period })
+    }
+}
+
+/// The flag's own syntax: `50/s`, `3000/min`, `1/h`.
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.period.as_secs() {
+            60 => "min",
+            3600 => "h",
+            _ => "s",
+        };
+        write!(f, "{}/{unit}", self.requests)
+    }
 }
 
 /// `permit-stats produce`: write a deterministic stream of permit events to a Kafka topic.
@@ -267,6 +328,28 @@ mod tests {
         assert_eq!(args.dead_letter_topic.as_deref(), Some("bad"));
         assert_eq!(args.metadata_interval, 1);
         assert!(parse(&["--metadata-interval", "0"]).is_err());
+    }
+
+    #[test]
+    fn rate_limits_parse_per_second_minute_or_hour() {
+        let limit: RateLimit = "50/s".parse().expect("valid");
+        assert_eq!(limit.requests.get(), 50);
+        assert_eq!(limit.period, Duration::from_secs(1));
+        assert_eq!(limit.to_string(), "50/s");
+        assert_eq!(
+            " 3000 / min ".parse::<RateLimit>().map(|l| l.period),
+            Ok(Duration::from_secs(60))
+        );
+        assert_eq!("1/h".parse::<RateLimit>().map(|l| l.requests.get()), Ok(1));
+        assert_eq!(
+            "1/hour".parse::<RateLimit>().map(|l| l.to_string()),
+            Ok("1/h".into())
+        );
+        assert_eq!("50".parse::<RateLimit>(), Err(RateLimitError::Shape));
+        assert_eq!("0/s".parse::<RateLimit>(), Err(RateLimitError::Count));
+        assert_eq!("-5/s".parse::<RateLimit>(), Err(RateLimitError::Count));
+        assert_eq!("2000000/s".parse::<RateLimit>(), Err(RateLimitError::Count));
+        assert_eq!("5/day".parse::<RateLimit>(), Err(RateLimitError::Unit));
     }
 
     #[test]

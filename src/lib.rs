@@ -13,13 +13,18 @@
 //!   `projection/table.rs`).
 //! - [`ingest`]: the consumer and apply threads: assignment from the beginning, readiness, lag,
 //!   bad records and their dead-letter copies.
-//! - [`api`]: the router and the HTTP server: stats request, errors, CORS, limits, rate limit,
-//!   health, metrics.
-//! - [`auth`]: the token file, the token check, and reload on SIGHUP or change.
-//! - [`telemetry`]: logs, the metrics recorder, librdkafka statistics, scrape-time gauges.
+//! - [`api`]: the router (`api.rs`), the stats request (`api/stats.rs`), errors and their OPS-COM
+//!   codes (`api/error.rs`), limits and rate limit (`api/limits.rs`), the HTTP server
+//!   (`api/server.rs`), health and metrics pages (`api/health.rs`), request metrics
+//!   (`api/track.rs`), and [`api::auth`]: the token file and check (`api/auth.rs`) and its reload
+//!   on SIGHUP or change (`api/auth/reload.rs`).
+//! - [`telemetry`]: logs (`telemetry.rs`), the one catalogue of metric families and route labels
+//!   (`telemetry/catalogue.rs`), the recorder's install and upkeep (`telemetry/recorder.rs`), the
+//!   `/metrics` page (`telemetry/page.rs`), librdkafka statistics (`telemetry/kafka.rs`).
 //! - [`embedded`]: the in-process broker for `serve` without `--brokers`.
 //! - [`produce`]: the deterministic workload generator.
-//! - [`app`]: wiring of `serve` and `token`, and shutdown.
+//! - `app.rs`: wiring of `serve`, `produce` and `token`, the command line turned into each part's
+//!   configuration, and shutdown.
 //! - [`status`]: readiness, lag and broker contact, written by ingest and read by the API.
 //! - [`text`]: byte-class checks (ids, tokens) shared by events and the API.
 
@@ -27,8 +32,7 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 pub mod api;
-pub mod app;
-pub mod auth;
+mod app;
 pub mod config;
 pub mod embedded;
 pub mod events;
@@ -40,9 +44,12 @@ pub mod telemetry;
 pub mod text;
 
 use config::{Cli, Command};
+// The binary's allocator (src/main.rs), a dependency of the package rather than of this library.
+use mimalloc as _;
 
-/// Runs one subcommand to completion.
+/// Starts logging, then runs one subcommand to completion.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    app::init_logs(cli.log_format);
     match cli.command {
         Command::Serve(args) => app::serve(args).await,
         Command::Produce(args) => tokio::task::spawn_blocking(move || app::produce(&args)).await?,

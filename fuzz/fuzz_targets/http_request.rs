@@ -16,11 +16,10 @@ use arc_swap::ArcSwap;
 use hyper_util::{rt::TokioIo, service::TowerToHyperService};
 use libfuzzer_sys::fuzz_target;
 use permit_stats::{
-    api::{self, AppState},
-    auth::Tokens,
+    api::{self, AppState, auth::Tokens},
     events::{Change, PermitEvent},
-    ingest::IngestStatus,
     projection::Projection,
+    status::IngestStatus,
     telemetry,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -62,7 +61,8 @@ fn harness() -> &'static Harness {
             projection,
             tokens: Arc::new(ArcSwap::from_pointee(Tokens::parse(&file).expect("valid"))),
             status,
-            metrics: telemetry::metrics(),
+            // Inside the harness's one-time init: the only install in this process.
+            metrics: telemetry::install().expect("no recorder installed before the harness"),
         };
         Harness {
             runtime: tokio::runtime::Builder::new_current_thread()
