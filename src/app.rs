@@ -26,8 +26,7 @@ use crate::{
     api::{self, AppState},
     auth::{self, Tokens},
     config::{ProduceArgs, ServeArgs, TokenArgs, ValueFormat},
-    embedded::EmbeddedBroker,
-    ingest::{self, IngestConfig},
+    ingest::{self, IngestConfig, embedded::EmbeddedBroker},
     produce,
     projection::Projection,
     status::IngestStatus,
@@ -142,7 +141,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         result = &mut ingest => {
             ingest_done = true;
             Err(match result {
-                Ok(Err(e)) => e.context("the ingest thread stopped"),
+                Ok(Err(e)) => anyhow::Error::new(e).context("the ingest thread stopped"),
                 Ok(Ok(())) => anyhow!("the ingest thread stopped unexpectedly"),
                 Err(_) => anyhow!("the ingest thread panicked"),
             })

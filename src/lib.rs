@@ -30,7 +30,6 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
-pub mod embedded;
 pub mod events;
 pub mod ingest;
 pub mod produce;
