@@ -31,6 +31,10 @@ pub(super) struct DecodedBatch {
 }
 
 impl DecodedBatch {
+    /// Adds one decoded event, copying its strings into the batch's buffer.
+    // Called per record from tracker.rs, another module (and so perhaps another codegen unit)
+    // since the split: the hint keeps it inlinable there, as it was within one module.
+    #[inline]
     pub(super) fn push(&mut self, event: EventRef<'_>) {
         let text = &mut self.text;
         self.events.push(event.map_strings(|s| {
@@ -41,6 +45,7 @@ impl DecodedBatch {
     }
 
     /// Notes that the record at `offset` of `partition` is in the batch.
+    #[inline]
     pub(super) fn taken(&mut self, partition: i32, offset: i64) {
         match self.next_offsets.iter_mut().find(|(p, _)| *p == partition) {
             Some((_, next)) => *next = (*next).max(offset + 1),
