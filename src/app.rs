@@ -32,8 +32,7 @@ use crate::{
         auth::{self, Tokens},
     },
     config::{self, LogFormat, ProduceArgs, ServeArgs, TokenArgs, ValueFormat},
-    embedded::EmbeddedBroker,
-    ingest::{self, IngestConfig},
+    ingest::{self, IngestConfig, embedded::EmbeddedBroker},
     produce,
     projection::Projection,
     status::IngestStatus,
@@ -129,8 +128,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Arc::clone(&projection),
         Arc::clone(&status),
         cancel.clone(),
-    )
-    .context("cannot start the ingest thread")?;
+    )?;
     let mut ingest_done = false;
 
     let demo_stop = Arc::new(AtomicBool::new(false));
@@ -185,7 +183,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         result = &mut ingest => {
             ingest_done = true;
             Err(match result {
-                Ok(Err(e)) => e.context("the ingest thread stopped"),
+                Ok(Err(e)) => anyhow::Error::new(e).context("the ingest thread stopped"),
                 Ok(Ok(())) => anyhow!("the ingest thread stopped unexpectedly"),
                 Err(_) => anyhow!("the ingest thread panicked"),
             })

@@ -34,7 +34,6 @@
 pub mod api;
 mod app;
 pub mod config;
-pub mod embedded;
 pub mod events;
 pub mod ingest;
 pub mod produce;

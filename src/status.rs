@@ -1,6 +1,8 @@
 //! Readiness, lag and broker contact: written by ingest, read by the API (`/health/ready`, the
-//! freshness headers, the 503 while replaying). Every field is behind a method, so the API cannot
-//! change what it reads and ingest cannot skip the latch's rules.
+//! freshness headers, the 503 while replaying). Its own module, below both, so that neither
+//! imports the other. Every field is private: readers get snapshots (`is_ready`, `lag`,
+//! `progress`), and the writer methods keep the rules (the latch only ever flips to ready, and
+//! the replay time is taken once, when it does).
 
 use std::{
     sync::{

@@ -5,18 +5,20 @@
 //! client, such as `permit-stats produce`) talks to it exactly as to a real cluster. It is no
 //! evidence about real Kafka, and it keeps only a few MiB per partition: good for a demo and a
 //! first look, not for production. The cluster is `!Send`, so one thread owns it from start to
-//! stop.
+//! stop; [`EmbeddedBroker`] owns that thread and joins it when dropped.
 
 use std::{
     sync::mpsc,
     thread::{self, JoinHandle},
 };
 
-use anyhow::{Context as _, anyhow};
-use rdkafka::mocking::MockCluster;
+use rdkafka::{error::KafkaError, mocking::MockCluster};
+
+use super::IngestError;
 
 /// A running embedded broker; dropping it stops it.
-pub struct EmbeddedBroker {
+#[derive(Debug)]
+pub(crate) struct EmbeddedBroker {
     bootstrap: String,
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -24,19 +26,17 @@ pub struct EmbeddedBroker {
 
 impl EmbeddedBroker {
     /// Starts a one-broker mock cluster with `topic` created with `partitions` partitions.
-    pub fn start(topic: &str, partitions: i32) -> anyhow::Result<Self> {
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+    pub(crate) fn start(topic: &str, partitions: i32) -> Result<Self, IngestError> {
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<String, KafkaError>>();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let topic = topic.to_owned();
         let thread = thread::Builder::new()
             .name("embedded-broker".into())
             .spawn(move || {
-                let cluster = MockCluster::new(1)
-                    .and_then(|cluster| {
-                        cluster.create_topic(&topic, partitions, 1)?;
-                        Ok(cluster)
-                    })
-                    .map_err(|e| e.to_string());
+                let cluster = MockCluster::new(1).and_then(|cluster| {
+                    cluster.create_topic(&topic, partitions, 1)?;
+                    Ok(cluster)
+                });
                 match cluster {
                     Ok(cluster) => {
                         let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
@@ -49,11 +49,14 @@ impl EmbeddedBroker {
                     }
                 }
             })
-            .context("cannot start the embedded broker's thread")?;
+            .map_err(|source| IngestError::Spawn {
+                thread: "embedded-broker",
+                source,
+            })?;
         let bootstrap = ready_rx
             .recv()
-            .context("the embedded broker's thread ended early")?
-            .map_err(|e| anyhow!("cannot start the embedded broker: {e}"))?;
+            .map_err(|_| IngestError::EmbeddedBrokerGone)?
+            .map_err(IngestError::EmbeddedBroker)?;
         Ok(Self {
             bootstrap,
             stop: Some(stop_tx),
@@ -62,7 +65,7 @@ impl EmbeddedBroker {
     }
 
     /// The bootstrap address, e.g. `127.0.0.1:40123`.
-    pub fn bootstrap_servers(&self) -> &str {
+    pub(crate) fn bootstrap_servers(&self) -> &str {
         &self.bootstrap
     }
 }
