@@ -5,10 +5,8 @@
 //! `permit-stats serve` runs here with its embedded broker, so no Kafka is needed.
 
 use std::{
-    io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    path::Path,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -17,26 +15,7 @@ use permit_stats::auth::{self, Tokens};
 use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
 
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "permit-stats-{name}-{}-{}",
-            std::process::id(),
-            auth::generate()
-        ));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::support::{TempDir, service::Service};
 
 /// Replaces the file the way careful tools do: write aside, then rename over it.
 fn write_atomically(path: &Path, text: &str) {
@@ -47,94 +26,6 @@ fn write_atomically(path: &Path, text: &str) {
 
 fn entry(token: &str, name: &str) -> String {
     auth::entry_for(token, "OC-TOMA", name).expect("serializable")
-}
-
-/// The running binary, its output collected line by line; killed on drop.
-struct Service {
-    child: Child,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Service {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_permit-stats"))
-            .args(args)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start permit-stats");
-        let collect = |stream: Box<dyn std::io::Read + Send>| {
-            let text = Arc::new(Mutex::new(String::new()));
-            let sink = Arc::clone(&text);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let mut text = sink.lock().expect("not poisoned");
-                    text.push_str(&line);
-                    text.push('\n');
-                }
-            });
-            text
-        };
-        let stdout = collect(Box::new(child.stdout.take().expect("piped")));
-        let stderr = collect(Box::new(child.stderr.take().expect("piped")));
-        Self {
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn stdout(&self) -> String {
-        self.stdout.lock().expect("not poisoned").clone()
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().expect("not poisoned").clone()
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name}");
-    }
-
-    /// Polls `what` every 50 ms until it returns something, or fails after `within`.
-    async fn wait_for<T>(
-        &mut self,
-        within: Duration,
-        why: &str,
-        mut what: impl AsyncFnMut(&Self) -> Option<T>,
-    ) -> T {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(found) = what(self).await {
-                return found;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "permit-stats exited ({status}) waiting for {why}:\n{}",
-                    self.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {why}; log:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Status and body of a stats request with `token`.
@@ -154,23 +45,24 @@ async fn ask(http: &reqwest::Client, base: &str, token: &str) -> (StatusCode, St
 
 #[tokio::test]
 async fn sighup_reloads_the_token_file_and_no_token_is_ever_logged_or_echoed() {
-    let scratch = Scratch::new("reload");
+    let scratch = TempDir::new("permit-stats-reload");
     let path = scratch.0.join("tokens.toml");
     let (first, second, in_bad_file) = (auth::generate(), auth::generate(), auth::generate());
     write_atomically(&path, &entry(&first, "first integration"));
     let path_arg = path.to_str().expect("utf-8 path");
-    let mut service = Service::start(&[
-        "serve",
-        "--demo",
-        "--demo-rate",
-        "50",
-        "--listen",
-        "127.0.0.1:0",
-        "--tokens",
-        path_arg,
-        "--tokens-poll-interval",
-        "0",
-    ]);
+    let mut service = Service::serve(
+        &[],
+        &[
+            "--demo",
+            "--demo-rate",
+            "50",
+            "--tokens",
+            path_arg,
+            "--tokens-poll-interval",
+            "0",
+        ],
+        Some("debug"),
+    );
 
     // The demo prints its address and token in a ready-to-paste curl.
     let (base, demo) = service
@@ -251,14 +143,9 @@ async fn sighup_reloads_the_token_file_and_no_token_is_ever_logged_or_echoed() {
     check(&in_bad_file, StatusCode::FORBIDDEN).await;
 
     service.signal("TERM");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = service.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = service
+        .wait_exit(Duration::from_secs(15))
+        .expect("an exit within 15 s of SIGTERM");
     assert!(status.success(), "exit status {status}");
 
     let (stdout, stderr) = (service.stdout(), service.stderr());
@@ -289,7 +176,7 @@ async fn sighup_reloads_the_token_file_and_no_token_is_ever_logged_or_echoed() {
 
 #[tokio::test]
 async fn a_changed_token_file_is_picked_up_without_a_signal() {
-    let scratch = Scratch::new("poll");
+    let scratch = TempDir::new("permit-stats-poll");
     let path = scratch.0.join("tokens.toml");
     let (first, second) = (auth::generate(), auth::generate());
     write_atomically(&path, &entry(&first, "first"));

@@ -1,24 +1,24 @@
 //! Differential test of the projection against a deliberately simple model of the five rules in
 //! `spec/events.md` ("What the projection does with each event").
 //!
-//! The model is a `HashMap<(client, reference id), ModelPermit>` that follows the rules literally;
-//! the projection must agree with it on every event's outcome, on the counters, and on the exact
-//! response bodies, whatever the chunking of batches, replays and redeliveries.
+//! The model (`support::model`, the one the Kafka tests use too) is a `HashMap` of (client,
+//! reference id) that follows the rules literally; the projection must agree with it on every
+//! event's outcome, on the counters, and on the exact response bodies, whatever the chunking of
+//! batches, replays and redeliveries.
 //!
 //! Cases: 512 per property on streams of up to 300 events; set `PROPTEST_CASES` to change that.
 //! One more property runs long streams (2,000 events over ~150 permits, checked after every
 //! batch) with fewer cases: 48, or `PROPTEST_LONG_CASES`.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    fmt,
-};
+use std::{collections::HashMap, fmt};
 
 use permit_stats::{
     events::{Change, PermitEvent},
     projection::{Kind, Outcome, Projection, SkipReason, Tally},
 };
 use proptest::{prelude::*, sample::Index, test_runner::Config as ProptestConfig};
+
+use crate::support::model::{Model, ModelOutcome, Rows};
 
 // ---------------------------------------------------------------------------------------------
 // The universe: small, so that events of one permit collide often.
@@ -59,138 +59,19 @@ fn id_name(i: usize) -> String {
 const UNKNOWN_ZONES: [&str; 2] = ["Lot 9", "LOT 1"];
 
 // ---------------------------------------------------------------------------------------------
-// The reference model.
+// Reading the projection, in the model's terms.
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ModelPermit {
-    live: bool,
-    zone: String,
-    permit_type: String,
-    /// 0 = no revision stored.
-    revision: u64,
-}
-
-#[derive(Debug, Clone, Default)]
-struct Model {
-    permits: HashMap<(String, String), ModelPermit>,
-}
-
-/// (zone, type, total), sorted by zone bytes then type bytes, zeros left out.
-type Rows = Vec<(String, String, u64)>;
-
-/// (zone, type, live permits) while counting.
-type Counter<'a> = (&'a str, &'a str, u64);
-
-impl Model {
-    fn apply(&mut self, event: &PermitEvent) -> Outcome {
-        let key = (event.client.clone(), event.reference_id.clone());
-        let stored = self.permits.get(&key).cloned();
-        let event_revision = event.revision.unwrap_or(0);
-
-        // Rule 5, checked first: both carry a revision and the event's is not greater.
-        if let Some(stored) = &stored
-            && stored.revision != 0
-            && event_revision != 0
-            && event_revision <= stored.revision
-        {
-            return Outcome::Skipped(SkipReason::StaleRevision);
-        }
-        let live = stored.clone().filter(|p| p.live);
-        // Rule 5: an applied event with a revision stores it, one without keeps the stored one.
-        let revision = if event_revision != 0 {
-            event_revision
-        } else {
-            stored.as_ref().map_or(0, |p| p.revision)
-        };
-
-        let (next, outcome) = match &event.change {
-            // Rule 1: live with exactly these fields, whatever it was.
-            Change::Created { zone, permit_type } => (
-                ModelPermit {
-                    live: true,
-                    zone: zone.clone(),
-                    permit_type: permit_type.clone(),
-                    revision,
-                },
-                Outcome::Applied(Kind::Created),
-            ),
-            Change::Updated { zone, permit_type } => match (live, zone, permit_type) {
-                // Rule 2: merge the present fields into the live permit.
-                (Some(current), zone, permit_type) => (
-                    ModelPermit {
-                        live: true,
-                        zone: zone.clone().unwrap_or(current.zone),
-                        permit_type: permit_type.clone().unwrap_or(current.permit_type),
-                        revision,
-                    },
-                    Outcome::Applied(Kind::Updated),
-                ),
-                // Rule 3: unknown or deleted, with both fields: applied as a create.
-                (None, Some(zone), Some(permit_type)) => (
-                    ModelPermit {
-                        live: true,
-                        zone: zone.clone(),
-                        permit_type: permit_type.clone(),
-                        revision,
-                    },
-                    Outcome::Applied(Kind::Updated),
-                ),
-                // Rule 3: otherwise an orphan update.
-                (None, _, _) => return Outcome::Skipped(SkipReason::OrphanUpdate),
-            },
-            Change::Deleted => match live {
-                // A delete of a live permit leaves a tombstone with the revision (rule 5).
-                Some(current) => (
-                    ModelPermit {
-                        live: false,
-                        revision,
-                        ..current
-                    },
-                    Outcome::Applied(Kind::Deleted),
-                ),
-                // Rule 4.
-                None => return Outcome::Skipped(SkipReason::OrphanDelete),
-            },
-        };
-        self.permits.insert(key, next);
-        outcome
+/// The projection's outcome for what the model says an event does.
+fn outcome(model: ModelOutcome) -> Outcome {
+    match model {
+        ModelOutcome::Created => Outcome::Applied(Kind::Created),
+        ModelOutcome::Updated => Outcome::Applied(Kind::Updated),
+        ModelOutcome::Deleted => Outcome::Applied(Kind::Deleted),
+        ModelOutcome::OrphanUpdate => Outcome::Skipped(SkipReason::OrphanUpdate),
+        ModelOutcome::OrphanDelete => Outcome::Skipped(SkipReason::OrphanDelete),
+        ModelOutcome::Stale => Outcome::Skipped(SkipReason::StaleRevision),
     }
-
-    /// Live permits per (zone, type) of one client, sorted by bytes, zeros left out.
-    fn rows(&self, client: &str) -> Rows {
-        // Keyed by bytes, so the order is the projection's; the names ride along.
-        let mut counts: BTreeMap<(&[u8], &[u8]), Counter<'_>> = BTreeMap::new();
-        for ((c, _), p) in &self.permits {
-            if c == client && p.live {
-                counts
-                    .entry((p.zone.as_bytes(), p.permit_type.as_bytes()))
-                    .or_insert((&p.zone, &p.permit_type, 0))
-                    .2 += 1;
-            }
-        }
-        counts
-            .into_values()
-            .map(|(z, t, n)| (z.to_owned(), t.to_owned(), n))
-            .collect()
-    }
-}
-
-/// The exact response body for these rows: the vendor's key order, the total as a string.
-fn expected_body(rows: &Rows) -> Vec<u8> {
-    let mut out = br#"{"data":["#.to_vec();
-    for (i, (zone, permit_type, total)) in rows.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(br#"{"type":"#);
-        out.extend_from_slice(&serde_json::to_vec(permit_type).expect("a string serializes"));
-        out.extend_from_slice(br#","zone":"#);
-        out.extend_from_slice(&serde_json::to_vec(zone).expect("a string serializes"));
-        out.extend_from_slice(format!(r#","total":"{total}"}}"#).as_bytes());
-    }
-    out.extend_from_slice(b"]}");
-    out
 }
 
 /// Parses a body as `{"data":[{"type","zone","total"}]}` with exactly those keys.
@@ -506,7 +387,7 @@ fn apply_checked(
     events: &[PermitEvent],
 ) -> Result<(), TestCaseError> {
     for (i, (op, event)) in stream.0.iter().zip(events).enumerate() {
-        let expected = model.apply(event);
+        let expected = outcome(model.apply(event));
         let actual = p.apply(event);
         prop_assert_eq!(actual, expected, "event #{} {:?}", i, op);
     }
@@ -516,17 +397,12 @@ fn apply_checked(
 /// Every client's counters and body agree with the model.
 fn check_against_model(p: &Projection, model: &Model) -> Result<(), TestCaseError> {
     for client in CLIENTS {
-        let rows = model.rows(client);
+        let rows = model.rows(client, None);
         prop_assert_eq!(&query_rows(p, client, None), &rows, "client {}", client);
         match body(p, client, None) {
             Some(body) => {
                 prop_assert_eq!(&parse_body(&body), &rows, "client {}", client);
-                prop_assert_eq!(
-                    text(&body),
-                    text(&expected_body(&rows)),
-                    "client {}",
-                    client
-                );
+                prop_assert_eq!(text(&body), model.body(client, None), "client {}", client);
             }
             None => prop_assert!(rows.is_empty(), "client {} has no view", client),
         }
@@ -575,7 +451,7 @@ proptest! {
             rest = tail;
         }
         let mut replay = Model::default();
-        prop_assert_eq!(total, tally_of(events.iter().map(|e| replay.apply(e))));
+        prop_assert_eq!(total, tally_of(events.iter().map(|e| outcome(replay.apply(e)))));
 
         for client in CLIENTS {
             prop_assert_eq!(
@@ -631,18 +507,14 @@ proptest! {
         p.apply_batch(&events);
         for (client, filter) in CLIENTS.into_iter().zip(&filters) {
             let names = filter_names(filter);
-            let rows: Rows = model
-                .rows(client)
-                .into_iter()
-                .filter(|(zone, _, _)| names.contains(&zone.as_str()))
-                .collect();
+            let rows: Rows = model.rows(client, Some(&names));
             prop_assert_eq!(&query_rows(&p, client, Some(&names)), &rows, "client {}", client);
             match body(&p, client, Some(&names)) {
                 Some(body) => {
                     prop_assert_eq!(&parse_body(&body), &rows, "client {} zones {:?}", client, names);
                     prop_assert_eq!(
                         text(&body),
-                        text(&expected_body(&rows)),
+                        model.body(client, Some(&names)),
                         "client {} zones {:?}",
                         client,
                         names
@@ -675,7 +547,7 @@ proptest! {
                 break;
             }
             let chunk = &events[done..(done + size).min(events.len())];
-            let outcomes: Vec<Outcome> = chunk.iter().map(|e| model.apply(e)).collect();
+            let outcomes: Vec<Outcome> = chunk.iter().map(|e| outcome(model.apply(e))).collect();
             let want = tally_of(outcomes);
             let got = p.apply_batch(chunk);
             for i in 0..3 {
@@ -810,7 +682,11 @@ fn a_hand_written_stream_walks_through_every_rule() {
     let p = Projection::new();
     let mut model = Model::default();
     for (i, (event, expected)) in steps.iter().enumerate() {
-        assert_eq!(model.apply(event), *expected, "model, step #{i}: {event:?}");
+        assert_eq!(
+            outcome(model.apply(event)),
+            *expected,
+            "model, step #{i}: {event:?}"
+        );
         assert_eq!(
             p.apply(event),
             *expected,
@@ -824,7 +700,7 @@ fn a_hand_written_stream_walks_through_every_rule() {
         ("Lot 2".into(), "temp".into(), 1),      // c
         ("Lot 2".into(), "validator".into(), 1), // a
     ];
-    assert_eq!(model.rows("OC-TOMA"), expected);
+    assert_eq!(model.rows("OC-TOMA", None), expected);
     assert_eq!(query_rows(&p, "OC-TOMA", None), expected);
     let view = p.view("OC-TOMA").expect("the client has a view");
     assert_eq!(

@@ -9,16 +9,18 @@
 //! Needs Debian's `chromium` (`.ci/run` installs it). Without it the test says so loudly and
 //! passes, except under CI (`CI` set), where it fails.
 
-mod common;
-
 use std::{
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use axum::{Router, response::Html, routing::get};
-use common::TOKEN;
 use permit_stats::api::Limits;
+
+use crate::support::{
+    server::{self, TOKEN},
+    skip_unless_ci,
+};
 
 const CHROMIUM: &str = "chromium";
 
@@ -161,13 +163,13 @@ fn dump_dom(url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vendors_xmlhttprequest_example_works_from_another_origin_in_chromium() {
     if !chromium_available() {
-        let message = "chromium is not installed: the real-browser test did not run \
-                       (apt-get install chromium chromium-driver)";
-        assert!(std::env::var_os("CI").is_none(), "{message}");
-        eprintln!("\n!!!!! SKIPPED: {message} !!!!!\n");
+        skip_unless_ci(
+            "the real-browser test (chromium is not installed)",
+            "install it: apt-get install chromium chromium-driver",
+        );
         return;
     }
-    let api = common::serve(common::fixture(true).state, Limits::default()).await;
+    let api = server::serve(server::fixture(true).state, Limits::default()).await;
     // The page comes from another origin: another host name and another port.
     let api_origin = format!("http://127.0.0.1:{}", api.addr.port());
     let html = page(&api_origin);

@@ -8,8 +8,6 @@
 //! - every route the router answers is in the document: probing plausible paths with every
 //!   method finds only documented ones (anything else is the documented 404/405).
 
-mod common;
-
 use std::{collections::BTreeSet, time::Duration};
 
 use axum::{
@@ -18,12 +16,13 @@ use axum::{
     http::{Method, Request},
     response::IntoResponse as _,
 };
-use common::{RawAnswer, TOKEN, read_answer, stats_body};
 use http_body_util::BodyExt as _;
 use permit_stats::api::{self, ApiError, Limits};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt as _;
 use tower::ServiceExt as _;
+
+use crate::support::server::{self, RawAnswer, TOKEN, read_answer, stats_body};
 
 const STATS_PATH: &str = "/api/{client}/v1/permits/stats";
 
@@ -312,10 +311,10 @@ async fn every_error_the_api_can_produce_is_documented_exactly() {
         body_read_timeout: Duration::from_millis(300),
         ..Limits::default()
     };
-    let ready = common::serve(common::fixture(true).state, short.clone()).await;
-    let not_ready = common::serve(common::fixture(false).state, short.clone()).await;
-    let limited = common::serve(
-        common::fixture(true).state,
+    let ready = server::serve(server::fixture(true).state, short.clone()).await;
+    let not_ready = server::serve(server::fixture(false).state, short.clone()).await;
+    let limited = server::serve(
+        server::fixture(true).state,
         Limits {
             rate_limit: Some("1/h".parse().expect("valid rate")),
             ..short
@@ -440,8 +439,8 @@ async fn every_error_the_api_can_produce_is_documented_exactly() {
 #[tokio::test]
 async fn every_documented_operation_answers_as_documented() {
     let doc = document();
-    let ready = api::router(common::fixture(true).state);
-    let not_ready = api::router(common::fixture(false).state);
+    let ready = api::router(server::fixture(true).state);
+    let not_ready = api::router(server::fixture(false).state);
     let mut seen_statuses = BTreeSet::new();
     for (template, method, operation) in operations(&doc) {
         let path = template.replace("{client}", "OC-TOMA");
@@ -513,7 +512,7 @@ async fn every_documented_operation_answers_as_documented() {
 #[tokio::test]
 async fn every_route_the_router_answers_is_documented() {
     let doc = document();
-    let router = api::router(common::fixture(true).state);
+    let router = api::router(server::fixture(true).state);
     let mut probes: Vec<String> = doc["paths"]
         .as_object()
         .expect("paths")

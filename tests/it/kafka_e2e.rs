@@ -2,41 +2,45 @@
 //! a topic written by an independent producer, and an independent reference model of the five
 //! projection rules of `spec/events.md`.
 //!
-//! Nothing here uses the crate's own producer, generator or projection: the test writes its own
-//! seeded event stream (protobuf with and without the `content-type` header, canonical JSON, exact
-//! duplicates, moves, re-creates, orphans, bad records), computes the expected answer with a small
-//! `HashMap` model that follows the rules literally, and compares what a user of the HTTP API sees
-//! (bodies byte for byte, freshness headers, readiness, metrics) with it.
+//! Nothing here uses the crate's own producer, generator or projection: the test writes the
+//! seeded event stream of `support::workload` (protobuf with and without the `content-type`
+//! header, canonical JSON, exact duplicates, moves, re-creates, orphans, bad records of every
+//! kind) and a bulk stream of a third client that makes the replay long, computes the expected
+//! answer with the reference model of `support::model`, and compares what a user of the HTTP API
+//! sees (bodies byte for byte, freshness headers, readiness, metrics) with it.
 //!
 //! Run them with a broker:
 //!
 //! ```text
-//! scripts/kafka.sh run -- cargo test --test kafka_e2e -- --nocapture
+//! scripts/kafka.sh run -- cargo test --test it kafka_e2e -- --nocapture
 //! ```
 //!
 //! Without `KAFKA_BOOTSTRAP` the tests print a loud notice and pass, unless `CI` is set, in which
 //! case they fail. `PERMIT_STATS_E2E_SEED` changes the seed of the generated stream,
 //! `PERMIT_STATS_E2E_BULK` the number of extra bulk events (see [`BULK_EVENTS`]).
 
-mod resilience;
-
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     time::{Duration, Instant},
 };
 
-use permit_stats::events::pb;
-use prost::Message as _;
-use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
-use resilience::{
-    Answer, Bad, Model, Record, Service, TempDir, bootstrap, create_topic, delete_topic, get, http,
-    metric, produce, reference_id, stats, stats_request, try_send, unique, write_tokens_for,
-};
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use serde_json::Value;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
+use crate::support::{
+    TempDir,
+    client::{Answer, get, http, metric, stats, stats_request, try_send},
+    kafka::{bootstrap, create_topic, delete_topic, produce},
+    model::Model,
+    service::{Service, write_tokens_for},
+    unique,
+    workload::{Bad, Record, Workload},
+};
+
 // ---------------------------------------------------------------------------------------------
-// The universe of the generated stream.
+// The generated stream (the generator, the reference model and the Kafka, service and HTTP
+// fixtures are in `support/`).
 // ---------------------------------------------------------------------------------------------
 
 /// The two clients of the vendor's examples: both plain values, never the same client.
@@ -44,29 +48,12 @@ const CLIENTS: [&str; 2] = ["OC-TOMA", "OC_TOMA"];
 /// The client of the bulk events that only make the replay take long enough to watch.
 const BULK_CLIENT: &str = "BULK";
 
-/// Twelve zones: the vendor's examples, two differing only in case, one a prefix of another, one
-/// that needs JSON and Prometheus escaping, one with a non-ASCII byte (sorts after ASCII).
-const ZONES: [&str; 12] = [
-    "Lot 01",
-    "Lot 02",
-    "Lot 03",
-    "Lot 01 East",
-    "Red Lot",
-    "Street parking",
-    "Zone A",
-    "zone a",
-    "Garage P2",
-    "Visitor",
-    "North \"B\" Lot",
-    "Zoné",
-];
-
-const TYPES: [&str; 3] = ["standard", "temp", "validator"];
-
 /// Good events of the two real clients before the service starts (bad records come on top).
 const MAIN_EVENTS: usize = 4_000;
 /// Distinct permits of the main stream.
 const MAIN_PERMITS: usize = 600;
+/// The share of bad records in the main stream.
+const GARBAGE: f64 = 0.01;
 /// Extra valid events of [`BULK_CLIENT`], mixed into the topic so that the replay of a debug
 /// build takes long enough for "503 before caught up" to be observed reliably.
 const BULK_EVENTS: usize = 150_000;
@@ -96,377 +83,34 @@ fn env_number(name: &str, default: u64) -> u64 {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The generated stream (the reference model and the Kafka, service and HTTP fixtures are in
-// `tests/resilience/mod.rs`).
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Debug)]
-struct GenPermit {
-    client: &'static str,
-    id: String,
-    /// Permits without revisions exercise rules 1-4 without rule 5.
-    revisioned: bool,
-    next_revision: u64,
-    ever_created: bool,
+/// The workload of this test: [`MAIN_PERMITS`] permits of [`CLIENTS`], and [`BULK_PERMITS`] of
+/// [`BULK_CLIENT`].
+fn workload(seed: u64) -> Workload {
+    let mut workload = Workload::over(seed, &CLIENTS, MAIN_PERMITS);
+    workload.add_bulk_permits(BULK_CLIENT, BULK_PERMITS);
+    workload
 }
 
-/// A seeded generator of permit events that feeds every good event to the model as it makes it.
-/// Generation order equals each permit's order on its partition (key = reference id), and the
-/// model's result per permit depends only on that permit's events, so the model's final state is
-/// what a correct projection holds after reading the topic.
-struct Generator {
-    rng: StdRng,
-    model: Model,
-    permits: Vec<GenPermit>,
-    bulk: Vec<GenPermit>,
-    /// Good records produced so far, with their events, for exact duplicates.
-    history: Vec<(Record, pb::PermitEvent)>,
-    clock_ms: i64,
-    garbage: usize,
-    garbage_by_kind: BTreeMap<&'static str, usize>,
-    ghosts: usize,
-}
-
-impl Generator {
-    fn new(seed: u64) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let permits = (0..MAIN_PERMITS)
-            .map(|i| GenPermit {
-                client: CLIENTS[i % 2],
-                id: reference_id(&mut rng, i),
-                revisioned: rng.random_range(0..10) != 0,
-                next_revision: 1,
-                ever_created: false,
-            })
-            .collect();
-        let bulk = (0..BULK_PERMITS)
-            .map(|i| GenPermit {
-                client: BULK_CLIENT,
-                id: format!("bulk-{i:06}"),
-                revisioned: true,
-                next_revision: 1,
-                ever_created: false,
-            })
-            .collect();
-        Self {
-            rng,
-            model: Model::default(),
-            permits,
-            bulk,
-            history: Vec::new(),
-            // 2026-01-05T08:00:00Z
-            clock_ms: 1_767_600_000_000,
-            garbage: 0,
-            garbage_by_kind: BTreeMap::new(),
-            ghosts: 0,
-        }
-    }
-
-    fn tick(&mut self) -> pbjson_types::Timestamp {
-        self.clock_ms += self.rng.random_range(1..2_000);
-        pbjson_types::Timestamp {
-            seconds: self.clock_ms.div_euclid(1000),
-            nanos: i32::try_from(self.clock_ms.rem_euclid(1000) * 1_000_000).expect("< 1e9"),
-        }
-    }
-
-    fn revision(&mut self, index: usize, bulk: bool) -> u64 {
-        let permit = if bulk {
-            &mut self.bulk[index]
+/// The records written before the service starts: [`MAIN_EVENTS`] good records of the main
+/// stream (bad ones on top) and `bulk` of the bulk stream, randomly interleaved (each keeps its
+/// own order).
+fn initial(workload: &mut Workload, seed: u64, bulk: usize) -> Vec<Record> {
+    let mut rng = StdRng::seed_from_u64(seed.rotate_left(32));
+    let mut out = Vec::with_capacity(MAIN_EVENTS + bulk + 64);
+    let (mut main_left, mut bulk_left) = (MAIN_EVENTS, bulk);
+    while main_left + bulk_left > 0 {
+        if rng.random_range(0..main_left + bulk_left) < main_left {
+            let record = workload.next(GARBAGE);
+            if record.bad.is_none() {
+                main_left -= 1;
+            }
+            out.push(record);
         } else {
-            &mut self.permits[index]
-        };
-        if !permit.revisioned {
-            return 0;
-        }
-        let r = permit.next_revision;
-        permit.next_revision += 1 + u64::from(self.rng.random_range(0..8u8) == 0);
-        r
-    }
-
-    fn zone(&mut self) -> String {
-        (*ZONES.choose(&mut self.rng).expect("not empty")).to_owned()
-    }
-
-    fn permit_type(&mut self) -> String {
-        (*TYPES.choose(&mut self.rng).expect("not empty")).to_owned()
-    }
-
-    fn created(&mut self) -> pb::permit_event::Change {
-        let zone = self.zone();
-        let permit_type = self.permit_type();
-        let n = self.rng.random_range(1000..9999);
-        pb::permit_event::Change::Created(pb::PermitCreated {
-            permit_no: format!("{}-{n}", &zone[..zone.len().min(3)]),
-            licence_plate: format!("PL{n}X"),
-            start_time: "2026-01-05T08:00:00".into(),
-            end_time: "2026-01-05T18:00:00".into(),
-            amount: format!("{}.50", n % 40),
-            currency: "CAD".into(),
-            zone,
-            permit_type,
-        })
-    }
-
-    fn event(
-        &mut self,
-        client: &str,
-        id: &str,
-        revision: u64,
-        change: pb::permit_event::Change,
-    ) -> pb::PermitEvent {
-        let occurred_at = self.tick();
-        pb::PermitEvent {
-            event_id: format!("evt-{:016x}", self.rng.random::<u64>()),
-            client: client.to_owned(),
-            reference_id: id.to_owned(),
-            revision,
-            occurred_at: Some(occurred_at),
-            change: Some(change),
+            out.push(workload.next_bulk());
+            bulk_left -= 1;
         }
     }
-
-    /// A good record: applied to the model, encoded half as canonical JSON and half as protobuf
-    /// (a third of those without the header, which also means protobuf).
-    fn good(&mut self, event: pb::PermitEvent) -> Record {
-        self.model.apply(&event);
-        let (payload, content_type) = match self.rng.random_range(0..6) {
-            0..3 => (
-                serde_json::to_vec(&event).expect("pbjson serializes"),
-                Some("application/json"),
-            ),
-            3..5 => (event.encode_to_vec(), Some("application/x-protobuf")),
-            _ => (event.encode_to_vec(), None),
-        };
-        let record = Record {
-            key: event.reference_id.clone(),
-            payload,
-            content_type,
-            partition: None,
-            bad: None,
-        };
-        self.history.push((record.clone(), event));
-        record
-    }
-
-    /// One record of the main stream of the two real clients.
-    fn next_main(&mut self, allow_garbage: bool) -> Record {
-        use pb::permit_event::Change;
-        let roll = self.rng.random_range(0..1000);
-        if allow_garbage && roll < 10 {
-            return self.bad();
-        }
-        if roll < 40 && !self.history.is_empty() {
-            // An exact redelivery of an earlier good record: same key, bytes and headers.
-            let (record, event) = self
-                .history
-                .choose(&mut self.rng)
-                .expect("not empty")
-                .clone();
-            self.model.apply(&event);
-            return record;
-        }
-        if roll < 55 {
-            // A ghost: a reference id that is never created.
-            self.ghosts += 1;
-            let client = CLIENTS[self.ghosts % 2];
-            let id = format!("ghost-{}", self.ghosts);
-            let change = if self.rng.random_bool(0.5) {
-                Change::Deleted(pb::PermitDeleted {})
-            } else {
-                Change::Updated(pb::PermitUpdated {
-                    licence_plate: Some("GHOST1".into()),
-                    ..Default::default()
-                })
-            };
-            let revision = self.rng.random_range(0..3);
-            let event = self.event(client, &id, revision, change);
-            return self.good(event);
-        }
-        let index = if roll < 300 {
-            // Prefer a permit that was never created, while there are any.
-            let fresh: Vec<usize> = (0..self.permits.len())
-                .filter(|&i| !self.permits[i].ever_created)
-                .collect();
-            fresh
-                .choose(&mut self.rng)
-                .copied()
-                .unwrap_or_else(|| self.rng.random_range(0..self.permits.len()))
-        } else {
-            self.rng.random_range(0..self.permits.len())
-        };
-        let (client, id) = (self.permits[index].client, self.permits[index].id.clone());
-        let live = self.model.is_live(client, &id);
-        let change = if live {
-            match self.rng.random_range(0..100) {
-                // Moves: zone only, type only, both.
-                0..25 => Change::Updated(pb::PermitUpdated {
-                    zone: Some(self.zone()),
-                    ..Default::default()
-                }),
-                25..40 => Change::Updated(pb::PermitUpdated {
-                    permit_type: Some(self.permit_type()),
-                    ..Default::default()
-                }),
-                40..50 => Change::Updated(pb::PermitUpdated {
-                    zone: Some(self.zone()),
-                    permit_type: Some(self.permit_type()),
-                    end_time: Some("2026-01-06T18:00:00".into()),
-                    ..Default::default()
-                }),
-                // Neither zone nor type: vendor details only.
-                50..65 => Change::Updated(pb::PermitUpdated {
-                    licence_plate: Some(format!("NEW{}", self.rng.random_range(100..999))),
-                    amount: Some("20.00".into()),
-                    ..Default::default()
-                }),
-                // A create of a live permit: a full replacement.
-                65..70 => self.created(),
-                _ => Change::Deleted(pb::PermitDeleted {}),
-            }
-        } else {
-            match self.rng.random_range(0..100) {
-                // Orphans on an unknown or deleted permit: a delete, an update with one field
-                // (skipped), an update with zone and type (applied as a create).
-                0..8 => Change::Deleted(pb::PermitDeleted {}),
-                8..16 => Change::Updated(pb::PermitUpdated {
-                    zone: Some(self.zone()),
-                    ..Default::default()
-                }),
-                16..24 => Change::Updated(pb::PermitUpdated {
-                    zone: Some(self.zone()),
-                    permit_type: Some(self.permit_type()),
-                    ..Default::default()
-                }),
-                // A create, or a re-create after a delete.
-                _ => self.created(),
-            }
-        };
-        if matches!(change, Change::Created(_)) {
-            self.permits[index].ever_created = true;
-        }
-        let revision = self.revision(index, false);
-        let event = self.event(client, &id, revision, change);
-        self.good(event)
-    }
-
-    /// One record of the bulk client: creates, moves and deletes of many small permits.
-    fn next_bulk(&mut self) -> Record {
-        use pb::permit_event::Change;
-        let index = self.rng.random_range(0..self.bulk.len());
-        let id = self.bulk[index].id.clone();
-        let change = if !self.model.is_live(BULK_CLIENT, &id) {
-            self.bulk[index].ever_created = true;
-            Change::Created(pb::PermitCreated {
-                zone: self.zone(),
-                permit_type: self.permit_type(),
-                ..Default::default()
-            })
-        } else if self.rng.random_range(0..10) < 7 {
-            Change::Updated(pb::PermitUpdated {
-                zone: Some(self.zone()),
-                ..Default::default()
-            })
-        } else {
-            Change::Deleted(pb::PermitDeleted {})
-        };
-        let revision = self.revision(index, true);
-        let event = self.event(BULK_CLIENT, &id, revision, change);
-        // Bulk records are not kept for duplicates (the history is for the main clients).
-        let record = self.good(event);
-        self.history.pop();
-        record
-    }
-
-    /// A bad record; cycles through the four kinds so that each one appears.
-    fn bad(&mut self) -> Record {
-        let kind = self.garbage % 4;
-        self.garbage += 1;
-        let index = self.rng.random_range(0..self.permits.len());
-        let (client, id) = (self.permits[index].client, self.permits[index].id.clone());
-        let change = self.created();
-        // Revision 0 so that even a mistaken decode could not guard anything.
-        let mut event = self.event(client, &id, 0, change);
-        let (name, bad, payload, content_type) = match kind {
-            0 => {
-                let mut bytes = event.encode_to_vec();
-                bytes.pop();
-                assert!(
-                    pb::PermitEvent::decode(bytes.as_slice()).is_err(),
-                    "the truncated protobuf must not decode"
-                );
-                let ct = self
-                    .rng
-                    .random_bool(0.5)
-                    .then_some("application/x-protobuf");
-                ("truncated protobuf", Bad::TruncatedProtobuf, bytes, ct)
-            }
-            1 => {
-                let json = serde_json::to_vec(&event).expect("serializes");
-                let bytes = json[..json.len() / 2].to_vec();
-                assert!(serde_json::from_slice::<pb::PermitEvent>(&bytes).is_err());
-                (
-                    "invalid JSON",
-                    Bad::InvalidJson,
-                    bytes,
-                    Some("application/json"),
-                )
-            }
-            2 => (
-                "text/plain",
-                Bad::WrongContentType,
-                serde_json::to_vec(&event).expect("serializes"),
-                Some("text/plain"),
-            ),
-            _ => {
-                event.client.clear();
-                if self.rng.random_bool(0.5) {
-                    (
-                        "missing client",
-                        Bad::MissingClient,
-                        serde_json::to_vec(&event).expect("serializes"),
-                        Some("application/json"),
-                    )
-                } else {
-                    (
-                        "missing client",
-                        Bad::MissingClient,
-                        event.encode_to_vec(),
-                        None,
-                    )
-                }
-            }
-        };
-        *self.garbage_by_kind.entry(name).or_default() += 1;
-        Record {
-            key: id,
-            payload,
-            content_type,
-            partition: None,
-            bad: Some(bad),
-        }
-    }
-
-    /// The records written before the service starts: the main stream and the bulk stream,
-    /// randomly interleaved (each keeps its own order).
-    fn initial(&mut self, bulk: usize) -> Vec<Record> {
-        let mut out = Vec::with_capacity(MAIN_EVENTS + bulk + 64);
-        let (mut main_left, mut bulk_left) = (MAIN_EVENTS, bulk);
-        while main_left + bulk_left > 0 {
-            if self.rng.random_range(0..main_left + bulk_left) < main_left {
-                let record = self.next_main(true);
-                if record.bad.is_none() {
-                    main_left -= 1;
-                }
-                out.push(record);
-            } else {
-                out.push(self.next_bulk());
-                bulk_left -= 1;
-            }
-        }
-        out
-    }
+    out
 }
 
 /// What the test saw while waiting for a start to become ready.
@@ -752,20 +396,20 @@ async fn replay_restart_and_live_updates_match_the_reference_model() {
     let all_clients = [CLIENTS[0], CLIENTS[1], BULK_CLIENT];
     let (tokens_path, tokens) = write_tokens_for(&dir.0, &all_clients, |c| format!("e2e {c}"));
 
-    let mut generator = Generator::new(seed);
-    let records = generator.initial(bulk);
+    let mut workload = workload(seed);
+    let records = initial(&mut workload, seed, bulk);
     let records_in_topic = records.len() as u64;
-    let garbage = generator.garbage;
+    let garbage = workload.bad_total();
     eprintln!(
         "e2e: generated {} records ({} bad: {:?}; model outcomes {:?}) in {:?}",
         records.len(),
         garbage,
-        generator.garbage_by_kind,
-        generator.model.outcomes,
+        workload.bad_made,
+        workload.model.outcomes,
         t0.elapsed()
     );
     assert!(
-        generator.garbage_by_kind.len() == 4,
+        Bad::ALL.iter().all(|k| workload.bad_made.contains_key(k)),
         "every kind of bad record is in the stream"
     );
 
@@ -775,10 +419,10 @@ async fn replay_restart_and_live_updates_match_the_reference_model() {
     eprintln!("e2e: produced in {:?}", t_produce.elapsed());
 
     let http = http();
-    let model = generator.model.clone();
+    let model = workload.model.clone();
 
     // ---- first start --------------------------------------------------------------------
-    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &[]);
+    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &[]);
     let seen = wait_ready(
         &mut service,
         &http,
@@ -867,7 +511,7 @@ async fn replay_restart_and_live_updates_match_the_reference_model() {
     );
     drop(service);
 
-    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &[]);
+    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &[]);
     let seen = wait_ready(
         &mut service,
         &http,
@@ -896,12 +540,12 @@ async fn replay_restart_and_live_updates_match_the_reference_model() {
     let mut live = Vec::with_capacity(LIVE_EVENTS + 4);
     let mut good = 0;
     while good < LIVE_EVENTS {
-        let record = generator.next_main(true);
+        let record = workload.next(GARBAGE);
         good += usize::from(record.bad.is_none());
         live.push(record);
     }
-    let garbage = generator.garbage;
-    let model = generator.model.clone();
+    let garbage = workload.bad_total();
+    let model = workload.model.clone();
     assert!(
         CLIENTS
             .iter()
@@ -977,7 +621,7 @@ async fn an_empty_topic_is_ready_with_no_rows() {
     create_topic(&bootstrap, &topic, PARTITIONS).await;
 
     let http = http();
-    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &[]);
+    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &[]);
     let seen = wait_ready(&mut service, &http, CLIENTS[0], &tokens[CLIENTS[0]], 0).await;
     eprintln!(
         "e2e empty: ready after {:?} ({} stats 503s)",

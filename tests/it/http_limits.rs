@@ -5,18 +5,19 @@
 //! The clients here are raw TCP sockets, since a well-behaved HTTP client cannot trickle bytes or
 //! lie about its body's length.
 
-mod common;
-
 use std::{
     num::NonZeroU32,
     time::{Duration, Instant},
 };
 
-use common::{OTHER_CLIENT_TOKEN, SECOND_TOKEN, TOKEN, raw_stats_request, read_answer, stats_body};
 use permit_stats::api::{Limits, RateLimit};
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+
+use crate::support::server::{
+    self, OTHER_CLIENT_TOKEN, SECOND_TOKEN, TOKEN, raw_stats_request, read_answer, stats_body,
+};
 
 fn limits(header: Duration, body: Duration) -> Limits {
     Limits {
@@ -31,7 +32,7 @@ async fn connect(addr: std::net::SocketAddr) -> TcpStream {
 }
 
 /// Sends a whole stats request on a fresh connection and reads the answer.
-async fn ask(addr: std::net::SocketAddr, token: &str) -> common::RawAnswer {
+async fn ask(addr: std::net::SocketAddr, token: &str) -> server::RawAnswer {
     let mut stream = connect(addr).await;
     stream
         .write_all(raw_stats_request(&stats_body(token)).as_bytes())
@@ -42,7 +43,7 @@ async fn ask(addr: std::net::SocketAddr, token: &str) -> common::RawAnswer {
         .expect("an answer")
 }
 
-fn error_code(answer: &common::RawAnswer) -> i64 {
+fn error_code(answer: &server::RawAnswer) -> i64 {
     let body: Value = serde_json::from_str(&answer.body).expect("a JSON error body");
     body["ErrorCode"].as_i64().expect("a numeric ErrorCode")
 }
@@ -60,7 +61,7 @@ async fn trickle_until_closed(
         if stream.write_all(&[*byte]).await.is_err() {
             return (Some(started.elapsed()), received);
         }
-        if common::closed_within(stream, every, &mut received).await {
+        if server::closed_within(stream, every, &mut received).await {
             return (Some(started.elapsed()), received);
         }
     }
@@ -69,8 +70,8 @@ async fn trickle_until_closed(
 
 #[tokio::test]
 async fn a_client_that_trickles_its_head_is_cut_off_and_so_is_an_idle_one() {
-    let fixture = common::fixture(true);
-    let server = common::serve(
+    let fixture = server::fixture(true);
+    let server = server::serve(
         fixture.state,
         limits(Duration::from_secs(1), Duration::from_secs(30)),
     )
@@ -96,7 +97,7 @@ async fn a_client_that_trickles_its_head_is_cut_off_and_so_is_an_idle_one() {
     let mut idle = connect(server.addr).await;
     let started = Instant::now();
     assert!(
-        common::closed_within(&mut idle, Duration::from_secs(6), &mut Vec::new()).await,
+        server::closed_within(&mut idle, Duration::from_secs(6), &mut Vec::new()).await,
         "an idle connection is closed"
     );
     assert!(started.elapsed() >= Duration::from_millis(900));
@@ -107,8 +108,8 @@ async fn a_client_that_trickles_its_head_is_cut_off_and_so_is_an_idle_one() {
 
 #[tokio::test]
 async fn a_client_that_trickles_its_body_gets_408() {
-    let fixture = common::fixture(true);
-    let server = common::serve(
+    let fixture = server::fixture(true);
+    let server = server::serve(
         fixture.state,
         limits(Duration::from_secs(30), Duration::from_secs(1)),
     )
@@ -136,10 +137,10 @@ async fn a_client_that_trickles_its_body_gets_408() {
 
 #[tokio::test]
 async fn an_oversized_body_is_refused_before_it_is_read() {
-    let fixture = common::fixture(true);
+    let fixture = server::fixture(true);
     // A long body timeout: a 413 that only came after reading (or waiting for) the body would
     // take that long.
-    let server = common::serve(
+    let server = server::serve(
         fixture.state,
         limits(Duration::from_secs(30), Duration::from_secs(30)),
     )
@@ -196,8 +197,8 @@ async fn an_oversized_body_is_refused_before_it_is_read() {
 
 #[tokio::test]
 async fn connections_over_the_cap_wait_for_a_free_slot() {
-    let fixture = common::fixture(true);
-    let server = common::serve(
+    let fixture = server::fixture(true);
+    let server = server::serve(
         fixture.state,
         Limits {
             max_connections: 2,
@@ -244,8 +245,8 @@ fn rate(text: &str, burst: u32) -> Option<RateLimit> {
 
 #[tokio::test]
 async fn a_token_over_its_rate_gets_429_and_other_tokens_do_not_notice() {
-    let fixture = common::fixture(true);
-    let server = common::serve(
+    let fixture = server::fixture(true);
+    let server = server::serve(
         fixture.state,
         Limits {
             rate_limit: rate("5/min", 5),
@@ -330,8 +331,8 @@ async fn a_token_over_its_rate_gets_429_and_other_tokens_do_not_notice() {
 
 #[tokio::test]
 async fn a_rate_limited_token_is_served_again_after_retry_after() {
-    let fixture = common::fixture(true);
-    let server = common::serve(
+    let fixture = server::fixture(true);
+    let server = server::serve(
         fixture.state,
         Limits {
             rate_limit: rate("2/s", 2),
@@ -364,8 +365,8 @@ async fn a_rate_limited_token_is_served_again_after_retry_after() {
 
 #[tokio::test]
 async fn a_shutdown_finishes_the_request_in_flight_and_refuses_new_connections() {
-    let fixture = common::fixture(true);
-    let server = common::serve(
+    let fixture = server::fixture(true);
+    let server = server::serve(
         fixture.state,
         limits(Duration::from_secs(30), Duration::from_secs(30)),
     )

@@ -1,13 +1,18 @@
 //! The fixture the HTTP tests share: the real router and the real server ([`api::serve`], with
 //! its limits) on a loopback port, in front of a projection filled directly, so that no broker
-//! is needed and what the tests claim is the HTTP behaviour.
+//! is needed and what the tests claim is the HTTP behaviour. Also the raw-socket side of it:
+//! reading an answer off a connection, and the bytes of a stats request.
 //!
-//! Each test binary uses a different part of it.
-#![allow(dead_code)]
+//! The metrics recorder is one per process, and every test of this binary shares the process:
+//! [`metrics`] is the only place that obtains it.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+};
 
 use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
 use permit_stats::{
     api::{self, AppState, Limits},
     auth::Tokens,
@@ -112,13 +117,19 @@ pub fn fixture(ready: bool) -> Fixture {
         projection: Arc::clone(&projection),
         tokens: Arc::new(ArcSwap::from_pointee(tokens)),
         status: Arc::clone(&status),
-        metrics: telemetry::metrics(),
+        metrics: metrics(),
     };
     Fixture {
         state,
         status,
         projection,
     }
+}
+
+/// The process's one metrics recorder, obtained once for every test of this binary.
+pub fn metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(telemetry::metrics).clone()
 }
 
 /// SHA-256 of a token, as the token file holds it.
@@ -128,6 +139,7 @@ pub fn sha256_hex(token: &str) -> String {
 }
 
 /// A server on a loopback port; stops (gracefully) when dropped.
+#[derive(Debug)]
 pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -230,6 +242,28 @@ pub async fn closed_within(
             Err(_) => return false,
         }
     }
+}
+
+/// Sends `bytes`, half-closes, and reads everything the server says until it closes.
+pub async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // The server may close before reading everything (that is its right): ignore write errors.
+    let _ = stream.write_all(bytes).await;
+    let _ = stream.shutdown().await;
+    let mut received = Vec::new();
+    let within = std::time::Duration::from_secs(10);
+    let _ = tokio::time::timeout(within, stream.read_to_end(&mut received)).await;
+    received
+}
+
+/// Every status code in what the server sent.
+pub fn statuses(received: &[u8]) -> Vec<u16> {
+    let text = String::from_utf8_lossy(received);
+    text.match_indices("HTTP/1.")
+        .filter(|(at, _)| text.get(at + 8..at + 9) == Some(" "))
+        .filter_map(|(at, _)| text.get(at + 9..at + 12)?.parse().ok())
+        .collect()
 }
 
 /// The raw bytes of a stats request for OC-TOMA with `body`.

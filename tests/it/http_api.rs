@@ -4,8 +4,6 @@
 //! The app runs in-process on port 0 with a projection filled directly, so these tests need no
 //! broker; what they claim is the HTTP behaviour. Kafka behaviour is in `kafka_e2e.rs`.
 
-mod common;
-
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
@@ -13,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use common::{OTHER_CLIENT_TOKEN, READ_ONLY_TOKEN, Server, TOKEN, created};
 use permit_stats::{
     api::Limits,
     events::{Change, PermitEvent},
@@ -22,6 +19,8 @@ use permit_stats::{
 };
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
+
+use crate::support::server::{self, OTHER_CLIENT_TOKEN, READ_ONLY_TOKEN, Server, TOKEN, created};
 
 struct TestApp {
     addr: SocketAddr,
@@ -33,8 +32,8 @@ struct TestApp {
 
 /// Starts the production server on port 0 with the shared fixture; ready unless told otherwise.
 async fn start(ready: bool) -> TestApp {
-    let fixture = common::fixture(ready);
-    let server = common::serve(fixture.state, Limits::default()).await;
+    let fixture = server::fixture(ready);
+    let server = server::serve(fixture.state, Limits::default()).await;
     TestApp {
         addr: server.addr,
         status: fixture.status,
@@ -162,7 +161,7 @@ async fn a_request_sees_only_its_own_clients_permits() {
     // A valid token of a client with no permits yet: an empty answer, not an error.
     for (id, zone, permit_type) in [
         ("o1", "zone1", "standard"),
-        ("o2", "Lot 01", common::OTHER_CLIENT_MARKER),
+        ("o2", "Lot 01", server::OTHER_CLIENT_MARKER),
     ] {
         app.projection.apply(&PermitEvent {
             change: Change::Deleted,

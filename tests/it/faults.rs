@@ -1,46 +1,33 @@
 //! Faults on a REAL Apache Kafka broker, each a test: bad records (counted by reason and copied
 //! to a dead-letter topic once), a broker stopped mid-stream, a service started while the broker
-//! is down, a service killed with SIGKILL mid-stream, partitions added while running, two
-//! replicas, and SIGTERM with a request in flight.
+//! is down, a service killed with SIGKILL mid-stream, partitions added while running, and two
+//! replicas. (SIGTERM with requests in flight is in `shutdown.rs`.)
 //!
-//! Every answer is compared with an independent reference model of the same events
-//! (`resilience::Model`), byte for byte. Tests that stop the broker start one of their own with
-//! `scripts/kafka.sh start DIR` and stop and start it with `scripts/kafka.sh down|up DIR` (same
-//! ports, same data: an honest outage); the others share the broker of `KAFKA_BOOTSTRAP`.
+//! Every answer is compared with the reference model (`support::model`) of the same events, byte
+//! for byte. Tests that stop the broker start one of their own with `scripts/kafka.sh start DIR`
+//! and stop and start it with `scripts/kafka.sh down|up DIR` (same ports, same data: an honest
+//! outage); the others share the broker of `KAFKA_BOOTSTRAP`.
 //!
 //! ```text
-//! scripts/kafka.sh run -- cargo test --test faults -- --nocapture
+//! scripts/kafka.sh run -- cargo test --test it faults -- --nocapture
 //! ```
-
-mod resilience;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    io::{ErrorKind, Read as _, Write as _},
-    net::TcpStream,
     time::{Duration, Instant},
 };
 
 use rdkafka::message::{Headers as _, Message as _};
-use resilience::{
-    Bad, CLIENTS, Converged, PrivateBroker, Service, Workload, add_partitions, assert_clean_exit,
-    bootstrap, create_topic, delete_topic, get, http, join_writer, metric, produce,
-    produce_in_background, read_topic, stats, topic_and_tokens, wait_exact,
+
+use crate::support::{
+    client::{self, CONVERGE, converge, get, http, metric, stats},
+    kafka::{
+        PrivateBroker, add_partitions, bootstrap, create_topic, delete_topic, join_writer, produce,
+        produce_in_background, read_topic, topic_and_tokens,
+    },
+    service::{Service, assert_clean_exit},
+    workload::{Bad, CLIENTS, Workload},
 };
-
-/// How long a start or a catch-up may take (debug build, shared 2-core machine).
-const CONVERGE: Duration = Duration::from_secs(90);
-
-/// [`wait_exact`] for the workload's model within [`CONVERGE`].
-async fn converge(
-    service: &mut Service,
-    http: &reqwest::Client,
-    tokens: &HashMap<String, String>,
-    workload: &Workload,
-    allow_503: bool,
-) -> Converged {
-    wait_exact(service, http, tokens, &workload.model, CONVERGE, allow_503).await
-}
 
 /// Waits until at least one client's answer differs from `before`: the service has applied part
 /// of a stream that is still being written.
@@ -74,7 +61,7 @@ async fn bad_records_are_counted_by_reason_and_dead_lettered_once() {
         return;
     };
     let t0 = Instant::now();
-    let (topic, dir, tokens_path, tokens) = topic_and_tokens(&bootstrap, "faults-bad", 3).await;
+    let (topic, _dir, tokens_path, tokens) = topic_and_tokens(&bootstrap, "faults-bad", 3).await;
     let dead = format!("{topic}.dead-letter");
     create_topic(&bootstrap, &dead, 2).await;
 
@@ -95,7 +82,7 @@ async fn bad_records_are_counted_by_reason_and_dead_lettered_once() {
 
     let http = http();
     let flags = ["--dead-letter-topic", dead.as_str()];
-    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &flags);
+    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &flags);
     let seen = converge(&mut service, &http, &tokens, &workload, true).await;
     eprintln!("bad: exact after {:?} ({:?})", seen.after, seen.statuses);
 
@@ -197,7 +184,7 @@ async fn bad_records_are_counted_by_reason_and_dead_lettered_once() {
     more.extend(workload.records(100, 0.0));
     let more_landed = produce(&bootstrap, &topic, more.clone()).await;
     let sentinel = more_landed[100];
-    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &flags);
+    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &flags);
     converge(&mut service, &http, &tokens, &workload, true).await;
     let page = get(&http, format!("{}/metrics", service.base)).await.text();
     assert_eq!(
@@ -262,13 +249,13 @@ async fn a_broker_outage_mid_stream_is_ridden_out_and_converges() {
         broker.bootstrap,
         t0.elapsed()
     );
-    let (topic, dir, tokens_path, tokens) =
+    let (topic, _dir, tokens_path, tokens) =
         topic_and_tokens(&broker.bootstrap, "faults-outage", 3).await;
 
     let mut workload = Workload::new(0x0_07A6E, 900);
     produce(&broker.bootstrap, &topic, workload.records(3_000, 0.005)).await;
     let http = http();
-    let mut service = Service::start(&broker.bootstrap, &topic, &tokens_path, &dir.0, &[]);
+    let mut service = Service::start(&broker.bootstrap, &topic, &tokens_path, &[]);
     let before = converge(&mut service, &http, &tokens, &workload, true).await;
 
     // The stream goes on through the outage: the producer keeps its records until the broker
@@ -372,19 +359,19 @@ async fn a_service_started_while_the_broker_is_down_waits_and_then_catches_up() 
     }
     let t0 = Instant::now();
     let broker = PrivateBroker::start();
-    let (topic, dir, tokens_path, tokens) =
+    let (topic, _dir, tokens_path, tokens) =
         topic_and_tokens(&broker.bootstrap, "faults-late", 3).await;
     let mut workload = Workload::new(0x1A7E, 600);
     produce(&broker.bootstrap, &topic, workload.records(2_000, 0.005)).await;
     broker.down(false);
 
     let http = http();
-    let mut service = Service::start(&broker.bootstrap, &topic, &tokens_path, &dir.0, &[]);
+    let mut service = Service::start(&broker.bootstrap, &topic, &tokens_path, &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let said = loop {
         service.assert_running();
         if let Ok(ready) =
-            resilience::try_send(http.get(format!("{}/health/ready", service.base))).await
+            client::try_send(http.get(format!("{}/health/ready", service.base))).await
         {
             assert_eq!(ready.status, 503, "{}", ready.text());
             let progress = ready.json();
@@ -432,12 +419,13 @@ async fn a_service_killed_mid_stream_replays_to_the_exact_counts() {
         return;
     };
     let t0 = Instant::now();
-    let (topic, dir, tokens_path, tokens) = topic_and_tokens(&bootstrap, "faults-sigkill", 4).await;
+    let (topic, _dir, tokens_path, tokens) =
+        topic_and_tokens(&bootstrap, "faults-sigkill", 4).await;
     let mut workload = Workload::new(0x0516_1111, 900);
     produce(&bootstrap, &topic, workload.records(3_000, 0.005)).await;
 
     let http = http();
-    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &[]);
+    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &[]);
     let before = converge(&mut service, &http, &tokens, &workload, true).await;
     let writer = produce_in_background(&bootstrap, &topic, workload.records(2_000, 0.005), 400.0);
     wait_until_changed(&mut service, &http, &tokens, &before.bodies).await;
@@ -447,7 +435,7 @@ async fn a_service_killed_mid_stream_replays_to_the_exact_counts() {
         t0.elapsed()
     );
 
-    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &[]);
+    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &[]);
     join_writer(writer).await;
     let seen = converge(&mut service, &http, &tokens, &workload, true).await;
     eprintln!(
@@ -466,14 +454,14 @@ async fn partitions_added_while_running_are_picked_up() {
     let Some(bootstrap) = bootstrap() else {
         return;
     };
-    let (topic, dir, tokens_path, tokens) = topic_and_tokens(&bootstrap, "faults-grow", 2).await;
+    let (topic, _dir, tokens_path, tokens) = topic_and_tokens(&bootstrap, "faults-grow", 2).await;
     let mut workload = Workload::new(0x6_2011, 600);
     workload.pin_by_key(2);
     produce(&bootstrap, &topic, workload.records(2_000, 0.005)).await;
 
     let http = http();
     let flags = ["--metadata-interval", "1"];
-    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &flags);
+    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &flags);
     converge(&mut service, &http, &tokens, &workload, true).await;
 
     add_partitions(&bootstrap, &topic, 4).await;
@@ -540,14 +528,14 @@ async fn two_replicas_answer_byte_identical_bodies() {
     let Some(bootstrap) = bootstrap() else {
         return;
     };
-    let (topic, dir, tokens_path, tokens) =
+    let (topic, _dir, tokens_path, tokens) =
         topic_and_tokens(&bootstrap, "faults-replicas", 3).await;
     let mut workload = Workload::new(0x2EB1_1CA5, 900);
     produce(&bootstrap, &topic, workload.records(3_000, 0.005)).await;
 
     let http = http();
-    let mut a = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &[]);
-    let mut b = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &[]);
+    let mut a = Service::start(&bootstrap, &topic, &tokens_path, &[]);
+    let mut b = Service::start(&bootstrap, &topic, &tokens_path, &[]);
     let writer = produce_in_background(&bootstrap, &topic, workload.records(1_500, 0.005), 500.0);
     join_writer(writer).await;
     let seen_a = converge(&mut a, &http, &tokens, &workload, true).await;
@@ -587,146 +575,5 @@ async fn two_replicas_answer_byte_identical_bodies() {
     for service in [&mut a, &mut b] {
         assert_clean_exit(service);
     }
-    delete_topic(&bootstrap, &topic).await;
-}
-
-/// Opens a stats request that is in flight: head sent with `Expect: 100-continue`, and the
-/// server's `100 Continue` read back, which hyper sends only once the handler reads the body.
-fn open_in_flight_request(addr: &str, token: &str) -> (TcpStream, Vec<u8>) {
-    let body = format!(r#"{{"apiToken":"{token}"}}"#).into_bytes();
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    write!(
-        stream,
-        "POST /api/{}/v1/permits/stats HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Accept: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
-        CLIENTS[0],
-        body.len()
-    )
-    .expect("send the head");
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !seen.ends_with(b"\r\n\r\n") {
-        let n = stream.read(&mut byte).expect("read 100 Continue");
-        assert_eq!(
-            n,
-            1,
-            "closed before 100 Continue: {:?}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.push(byte[0]);
-    }
-    assert!(
-        seen.starts_with(b"HTTP/1.1 100"),
-        "expected 100 Continue, got {:?}",
-        String::from_utf8_lossy(&seen)
-    );
-    (stream, body)
-}
-
-/// Polls until a new connection to `addr` is refused.
-fn wait_refused(addr: &str, within: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        match TcpStream::connect(addr) {
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return started.elapsed(),
-            _ => {}
-        }
-        assert!(
-            started.elapsed() < within,
-            "new connections still accepted after {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// SIGTERM with a request in flight: new connections are refused at once, the in-flight request
-/// still gets its full, exact answer, the consumer thread stops, and the process exits 0.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
-    let Some(bootstrap) = bootstrap() else {
-        return;
-    };
-    let (topic, dir, tokens_path, tokens) = topic_and_tokens(&bootstrap, "faults-term", 2).await;
-    let mut workload = Workload::new(0x7E5, 300);
-    produce(&bootstrap, &topic, workload.records(1_000, 0.0)).await;
-    let http = http();
-    let flags = ["--shutdown-grace", "10"];
-    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &flags);
-    converge(&mut service, &http, &tokens, &workload, true).await;
-
-    let (mut stream, body) = open_in_flight_request(&service.addr, &tokens[CLIENTS[0]]);
-    let term = Instant::now();
-    service.signal("TERM");
-    let refused_after = wait_refused(&service.addr, Duration::from_secs(5));
-    assert!(
-        service.wait_exit(Duration::ZERO).is_none(),
-        "the process must wait for the request in flight"
-    );
-    stream.write_all(&body).expect("send the body");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).expect("read the answer");
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let status = service.wait_exit(Duration::from_secs(10));
-    let exited_after = term.elapsed();
-    assert!(
-        response.starts_with("HTTP/1.1 200"),
-        "the in-flight request is answered: {response}"
-    );
-    assert!(
-        response.ends_with(&workload.model.body(CLIENTS[0], None)),
-        "with the exact body: {response}"
-    );
-    assert!(status.is_some_and(|s| s.success()), "exit {status:?}");
-    let log = service.log_text();
-    assert!(
-        log.contains("ingest stopped"),
-        "the consumer thread stopped:\n{log}"
-    );
-    assert!(!log.contains("did not finish in time"), "{log}");
-    eprintln!(
-        "term: refused new connections {refused_after:?} after SIGTERM, answered the request in \
-         flight, exited 0 {exited_after:?} after SIGTERM"
-    );
-    delete_topic(&bootstrap, &topic).await;
-}
-
-/// A request that never finishes cannot hold the process: SIGTERM exits 0 once the grace period
-/// (2 s here) is over, plus the few seconds the consumer thread may take.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stuck_request_does_not_hold_shutdown_beyond_the_grace_period() {
-    let Some(bootstrap) = bootstrap() else {
-        return;
-    };
-    let (topic, dir, tokens_path, tokens) = topic_and_tokens(&bootstrap, "faults-stuck", 1).await;
-    let mut workload = Workload::new(0x57CC, 100);
-    produce(&bootstrap, &topic, workload.records(200, 0.0)).await;
-    let http = http();
-    let flags = ["--shutdown-grace", "2", "--body-read-timeout", "60"];
-    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &flags);
-    converge(&mut service, &http, &tokens, &workload, true).await;
-
-    let (_stream, _body) = open_in_flight_request(&service.addr, &tokens[CLIENTS[0]]);
-    let term = Instant::now();
-    service.signal("TERM");
-    let status = service.wait_exit(Duration::from_secs(2 + 3 + 3));
-    let after = term.elapsed();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "exit {status:?} {after:?} after SIGTERM"
-    );
-    assert!(
-        after >= Duration::from_secs(2),
-        "the request got its grace: {after:?}"
-    );
-    let log = service.log_text();
-    assert!(log.contains("did not finish in time"), "{log}");
-    assert!(
-        log.contains("ingest stopped"),
-        "the consumer thread stopped:\n{log}"
-    );
-    eprintln!("stuck: exited 0 {after:?} after SIGTERM");
     delete_topic(&bootstrap, &topic).await;
 }

@@ -4,13 +4,11 @@
 //! final answers must equal the reference model's exactly.
 //!
 //! ```text
-//! scripts/kafka.sh run -- cargo test --test soak -- --nocapture
+//! scripts/kafka.sh run -- cargo test --test it soak -- --nocapture
 //! ```
 //!
 //! `PERMIT_STATS_SOAK_SECS` sets the length of the stream (default 50 s), `PERMIT_STATS_SOAK_RATE`
 //! its rate (default 1,500 records/s).
-
-mod resilience;
 
 use std::{
     collections::BTreeMap,
@@ -22,9 +20,14 @@ use std::{
 };
 
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
-use resilience::{
-    CLIENTS, Service, Workload, assert_clean_exit, bootstrap, delete_topic, get, http, join_writer,
-    metric, produce, produce_in_background, stats, topic_and_tokens, wait_exact,
+
+use crate::support::{
+    client::{get, http, metric, stats, wait_exact},
+    kafka::{
+        bootstrap, delete_topic, join_writer, produce, produce_in_background, topic_and_tokens,
+    },
+    service::{Service, assert_clean_exit},
+    workload::{CLIENTS, Workload},
 };
 
 /// Permits of the soak: the set is fixed, so that the projection's size has a bound.
@@ -50,13 +53,13 @@ async fn a_minute_of_ingest_and_reads_keeps_memory_level_and_counts_exact() {
     let t0 = Instant::now();
     let secs = env_number("PERMIT_STATS_SOAK_SECS", 50.0);
     let rate = env_number("PERMIT_STATS_SOAK_RATE", 1_500.0);
-    let (topic, dir, tokens_path, tokens) = topic_and_tokens(&bootstrap, "soak", 4).await;
+    let (topic, _dir, tokens_path, tokens) = topic_and_tokens(&bootstrap, "soak", 4).await;
 
     // Fill first, so that the stream then churns a projection of steady size.
     let mut workload = Workload::new(0x50A4, PERMITS);
     produce(&bootstrap, &topic, workload.records(2 * PERMITS, 0.002)).await;
     let http = http();
-    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &dir.0, &[]);
+    let mut service = Service::start(&bootstrap, &topic, &tokens_path, &[]);
     wait_exact(
         &mut service,
         &http,

@@ -7,12 +7,10 @@
 //!   200 only for a token of the path's client, with only that client's rows.
 //! - `mangled_bytes_on_the_wire_never_get_a_5xx`: a valid request's bytes, mutated, sent over a
 //!   socket to the real server, so that hyper's parser is part of what is fuzzed.
-//! - `the_corpus_gets_its_expected_answers`: the interesting inputs kept in `tests/corpus/`,
-//!   replayed over a socket, each with its expected status (and code) in its file name.
+//!
+//! The interesting inputs these find are kept in `tests/corpus/` and replayed by `corpus.rs`.
 //!
 //! `PROPTEST_CASES` raises the number of cases (CI runs the defaults below).
-
-mod common;
 
 use std::{collections::HashSet, time::Duration};
 
@@ -21,13 +19,15 @@ use axum::{
     body::Body,
     http::{HeaderName, HeaderValue, Method, Request},
 };
-use common::{ALL_TOKENS, OTHER_CLIENT_TOKEN, READ_ONLY_TOKEN, SECOND_TOKEN, TOKEN};
 use http_body_util::BodyExt as _;
 use permit_stats::api::{self, ApiError, Limits, RateLimit};
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tower::ServiceExt as _;
+
+use crate::support::server::{
+    self, ALL_TOKENS, OTHER_CLIENT_TOKEN, READ_ONLY_TOKEN, SECOND_TOKEN, TOKEN, exchange, statuses,
+};
 
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
 fn cases(default: u32) -> u32 {
@@ -135,7 +135,7 @@ fn zone_name() -> impl Strategy<Value = String> {
         Just(" Lot 01 ".to_owned()),
         Just(String::new()),
         Just(" ".to_owned()),
-        Just(common::OTHER_CLIENT_MARKER.to_owned()),
+        Just(server::OTHER_CLIENT_MARKER.to_owned()),
         "\\PC{0,20}",
     ]
 }
@@ -277,7 +277,7 @@ struct Routers {
 }
 
 fn routers() -> Routers {
-    let ready = common::fixture(true);
+    let ready = server::fixture(true);
     let rows = ["OC-TOMA", "OC-OTHER"]
         .iter()
         .flat_map(|client| {
@@ -297,8 +297,8 @@ fn routers() -> Routers {
     Routers {
         routers: [
             api::router(ready.state),
-            api::router(common::fixture(false).state),
-            api::router_with(common::fixture(true).state, &limited),
+            api::router(server::fixture(false).state),
+            api::router_with(server::fixture(true).state, &limited),
         ],
         rows,
     }
@@ -565,26 +565,6 @@ fn mutate(mut bytes: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
     bytes
 }
 
-/// Sends `bytes`, half-closes, and reads everything the server says until it closes.
-async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    // The server may close before reading everything (that is its right): ignore write errors.
-    let _ = stream.write_all(bytes).await;
-    let _ = stream.shutdown().await;
-    let mut received = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received)).await;
-    received
-}
-
-/// Every status code in what the server sent.
-fn statuses(received: &[u8]) -> Vec<u16> {
-    let text = String::from_utf8_lossy(received);
-    text.match_indices("HTTP/1.")
-        .filter(|(at, _)| text.get(at + 8..at + 9) == Some(" "))
-        .filter_map(|(at, _)| text.get(at + 9..at + 12)?.parse().ok())
-        .collect()
-}
-
 #[test]
 fn mangled_bytes_on_the_wire_never_get_a_5xx() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -592,8 +572,8 @@ fn mangled_bytes_on_the_wire_never_get_a_5xx() {
         .enable_all()
         .build()
         .expect("runtime");
-    let server = runtime.block_on(common::serve(
-        common::fixture(true).state,
+    let server = runtime.block_on(server::serve(
+        server::fixture(true).state,
         Limits {
             header_read_timeout: Duration::from_secs(2),
             body_read_timeout: Duration::from_secs(2),
@@ -602,8 +582,8 @@ fn mangled_bytes_on_the_wire_never_get_a_5xx() {
     ));
     let valid = format!(
         "POST /api/OC-TOMA/v1/permits/stats HTTP/1.1\r\nHost: permit-stats\r\nAccept: application/json\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\nContent-Length: {}\r\n\r\n{}",
-        common::stats_body(TOKEN).len(),
-        common::stats_body(TOKEN)
+        server::stats_body(TOKEN).len(),
+        server::stats_body(TOKEN)
     );
     let allowed: HashSet<u16> = [100, 200, 400, 401, 403, 404, 405, 408, 413, 414, 431]
         .into_iter()
@@ -627,85 +607,4 @@ fn mangled_bytes_on_the_wire_never_get_a_5xx() {
     // After all that, the server still answers.
     let received = runtime.block_on(exchange(server.addr, valid.as_bytes()));
     assert_eq!(statuses(&received), [200]);
-}
-
-// ---- the corpus -------------------------------------------------------------------------
-
-/// Turns a corpus file into bytes to send: `{{TOKEN}}`, `{{SECOND_TOKEN}}`,
-/// `{{OTHER_CLIENT_TOKEN}}` and `{{PAD:n}}` (n × `x`) are filled in, the head's line ends become
-/// CRLF (unless the name says `bare-lf`), `{{CRLF}}` in the body becomes CRLF, and `{{LENGTH}}`
-/// becomes the body's length. A file whose body ends with a line end keeps it.
-fn render(name: &str, text: &str) -> Vec<u8> {
-    let mut text = text
-        .replace("{{TOKEN}}", TOKEN)
-        .replace("{{SECOND_TOKEN}}", SECOND_TOKEN)
-        .replace("{{OTHER_CLIENT_TOKEN}}", OTHER_CLIENT_TOKEN);
-    while let Some(start) = text.find("{{PAD:") {
-        let end = text[start..].find("}}").expect("closed placeholder") + start;
-        let n: usize = text[start + 6..end].parse().expect("a pad length");
-        text.replace_range(start..end + 2, &"x".repeat(n));
-    }
-    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
-    let body = body.replace("{{CRLF}}", "\r\n");
-    let line_end = if name.contains("bare-lf") {
-        "\n"
-    } else {
-        "\r\n"
-    };
-    let head = head.replace('\n', line_end);
-    let head = head.replace("{{LENGTH}}", &body.len().to_string());
-    format!("{head}{line_end}{line_end}{body}").into_bytes()
-}
-
-#[test]
-fn the_corpus_gets_its_expected_answers() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let server = runtime.block_on(common::serve(
-        common::fixture(true).state,
-        Limits {
-            header_read_timeout: Duration::from_secs(2),
-            body_read_timeout: Duration::from_secs(2),
-            ..Limits::default()
-        },
-    ));
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("tests/corpus exists")
-        .map(|entry| entry.expect("a directory entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "http"))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 20, "the corpus is there");
-    let mut failures = Vec::new();
-    for file in &files {
-        let name = file
-            .file_name()
-            .expect("a name")
-            .to_string_lossy()
-            .into_owned();
-        // <status>-<ErrorCode or "x">-<what>.http: the last answer's status (000: closed without
-        // an answer) and an ErrorCode that must be in what was sent back.
-        let mut parts = name.splitn(3, '-');
-        let status: u16 = parts.next().and_then(|s| s.parse().ok()).expect("a status");
-        let code: Option<i64> = parts.next().and_then(|c| c.parse().ok());
-        let text = std::fs::read_to_string(file).expect("readable");
-        let received = runtime.block_on(exchange(server.addr, &render(&name, &text)));
-        let answer = String::from_utf8_lossy(&received).into_owned();
-        let got = statuses(&received);
-        let ok = match status {
-            0 => got.is_empty(),
-            _ => got.last() == Some(&status),
-        } && code.is_none_or(|code| answer.contains(&format!("\"ErrorCode\":{code}")))
-            && !answer.contains(TOKEN)
-            && !answer.contains(common::OTHER_CLIENT_MARKER)
-            && got.iter().all(|s| *s < 500);
-        if !ok {
-            failures.push(format!("{name}: got {got:?}\n{answer}"));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
