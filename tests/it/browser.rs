@@ -109,7 +109,7 @@ fn dump_dom(url: &str) -> String {
     let profile = std::env::temp_dir().join(format!(
         "permit-stats-chromium-{}-{}",
         std::process::id(),
-        permit_stats::auth::generate()
+        permit_stats::api::auth::generate()
     ));
     let mut child = Command::new(CHROMIUM)
         .args([

@@ -20,7 +20,7 @@ use axum::{
     http::{HeaderName, HeaderValue, Method, Request},
 };
 use http_body_util::BodyExt as _;
-use permit_stats::api::{self, ApiError, Limits, RateLimit};
+use permit_stats::api::{self, ApiError, Limits};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
@@ -291,7 +291,7 @@ fn routers() -> Routers {
         })
         .collect();
     let limited = Limits {
-        rate_limit: Some("20/min".parse::<RateLimit>().expect("valid rate")),
+        rate_limit: Some(server::rate_limit("20/min")),
         ..Limits::default()
     };
     Routers {

@@ -239,8 +239,7 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
 }
 
 fn rate(text: &str, burst: u32) -> Option<RateLimit> {
-    let limit: RateLimit = text.parse().expect("valid rate");
-    Some(limit.with_burst(NonZeroU32::new(burst).expect("non-zero")))
+    Some(server::rate_limit(text).with_burst(NonZeroU32::new(burst).expect("non-zero")))
 }
 
 #[tokio::test]

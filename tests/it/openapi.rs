@@ -316,7 +316,7 @@ async fn every_error_the_api_can_produce_is_documented_exactly() {
     let limited = server::serve(
         server::fixture(true).state,
         Limits {
-            rate_limit: Some("1/h".parse().expect("valid rate")),
+            rate_limit: Some(server::rate_limit("1/h")),
             ..short
         },
     )

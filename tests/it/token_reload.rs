@@ -11,7 +11,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use permit_stats::auth::{self, Tokens};
+use permit_stats::api::auth::{self, Tokens};
 use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
 

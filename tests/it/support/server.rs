@@ -12,14 +12,12 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use metrics_exporter_prometheus::PrometheusHandle;
 use permit_stats::{
-    api::{self, AppState, Limits},
-    auth::Tokens,
+    api::{self, AppState, Limits, RateLimit, auth::Tokens},
     events::{Change, PermitEvent},
     projection::Projection,
     status::IngestStatus,
-    telemetry,
+    telemetry::{self, Metrics},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -126,10 +124,18 @@ pub fn fixture(ready: bool) -> Fixture {
     }
 }
 
-/// The process's one metrics recorder, obtained once for every test of this binary.
-pub fn metrics() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(telemetry::metrics).clone()
+/// The process's one metrics recorder, installed once for every test of this binary.
+pub fn metrics() -> Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS
+        .get_or_init(|| telemetry::install().expect("the only install in this process"))
+        .clone()
+}
+
+/// The API's rate limit for a `--rate-limit` text such as `20/min` (burst: one period's worth).
+pub fn rate_limit(text: &str) -> RateLimit {
+    let flag: permit_stats::config::RateLimit = text.parse().expect("valid rate");
+    RateLimit::new(flag.requests, flag.period)
 }
 
 /// SHA-256 of a token, as the token file holds it.

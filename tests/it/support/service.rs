@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use permit_stats::auth;
+use permit_stats::api::auth;
 
 use super::{TempDir, free_port, workload::CLIENTS};
 
