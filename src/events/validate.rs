@@ -65,7 +65,9 @@ impl<'a> WireEvent<'a> {
         Ok(())
     }
 
-    /// The checked event.
+    /// The checked event. `#[inline]`, like `wire::decode`: it was inlined into `decode_protobuf`
+    /// while the three shared a file, and must stay so.
+    #[inline]
     pub(super) fn validate(self) -> Result<EventRef<'a>, InvalidEvent> {
         self.check()?;
         let change = match self.change {

@@ -162,6 +162,9 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Reads one `PermitEvent`. `#[inline]`: in its own file it is no longer inlined into
+/// `decode_protobuf`, its one caller, without the hint (codegen units follow modules).
+#[inline]
 pub(super) fn decode(value: &[u8]) -> Result<WireEvent<'_>> {
     let mut event = WireEvent::default();
     let mut r = Reader { buf: value };
