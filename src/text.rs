@@ -1,12 +1,12 @@
 //! Byte-class checks shared by the event decoder and the API: reference ids and tokens are
-//! `[A-Za-z0-9-]`, checked sixteen bytes at a time where the target has SSE2 ([`simd`]).
+//! `[A-Za-z0-9-]`, checked sixteen bytes at a time where the target has SSE2 (`text/simd.rs`).
 
 #[cfg(target_feature = "sse2")]
 pub(crate) mod simd;
 
 /// True when every byte is one of `[A-Za-z0-9-]` (reference ids, and the API's tokens), without a
-/// branch per byte: a UUID mixes digits and letters at random, and a branching test of each byte
-/// was 14% of a replay's time in mispredictions.
+/// branch per byte: a UUID mixes digits and letters at random, so a branching test of each byte
+/// mispredicts often (see BENCHMARKS.md).
 pub fn is_alphanumeric_or_dash(text: &str) -> bool {
     #[cfg(target_feature = "sse2")]
     return alphanumeric_or_dash_sse2(text.as_bytes());
@@ -14,8 +14,8 @@ pub fn is_alphanumeric_or_dash(text: &str) -> bool {
     return alphanumeric_or_dash_table(text.as_bytes());
 }
 
-/// Sixteen bytes per step in SSE2 registers ([`simd`]): callgrind counted 97 fewer
-/// instructions per decoded record than the table (a byte per step) for a UUID.
+/// Sixteen bytes per step in SSE2 registers ([`simd`]): fewer instructions per decoded record
+/// than the table (a byte per step) for a UUID.
 #[cfg(target_feature = "sse2")]
 fn alphanumeric_or_dash_sse2(bytes: &[u8]) -> bool {
     use safe_arch::{bitor_m128i, cmp_eq_mask_i8_m128i, move_mask_i8_m128i};

@@ -1,30 +1,60 @@
-//! The permit table: canonical-UUID permit ids to their 12-byte state, in one flat array.
+//! The permit table: canonical-UUID permit ids to their 12-byte [`PermitState`], in one flat
+//! array. (Other ids keep the same state in a map beside it, in `rules.rs`.)
 //!
 //! Why not `HashMap`: during a replay of millions of permits nearly every event is a miss in a
 //! table far larger than the cache, and hashbrown pays two of them per lookup (its control bytes,
-//! then the slot), one after the other; those two stalls were about 80% of applying an event.
+//! then the slot), one after the other; those two stalls were most of applying an event.
 //! Here the key sits in its slot, so a lookup reads one place, and [`UuidTable::touch`] lets a
 //! batch read the first slots of several events in a tight loop before applying any of them, so
 //! that their misses overlap instead of queueing (an ordinary load: a prefetch instruction would
 //! need `unsafe`).
 //!
 //! Open addressing with linear probing, at most 7/8 full (hashbrown's bound: a lower one moved a
-//! replay's tables to the next power of two and doubled their memory), and deletion by backward
-//! shift (no tombstones, so probe lengths never degrade). A slot is 28 bytes, a hashbrown bucket
-//! without its control byte, and a new table is allocated zeroed, so memory per permit is what it
-//! was.
+//! replay's tables to the next power of two, and so their memory), and deletion by backward shift
+//! (no tombstones, so probe lengths never degrade). A slot is 28 bytes, a hashbrown bucket without
+//! its control byte, and a new table is allocated zeroed, so memory per permit is what it was.
 
 use std::hash::BuildHasher;
 
-use super::{PermitState, Uuid};
+use super::{names::CounterId, uuid::Uuid};
 
-/// A counter id that is never used (see `Tables::counter`): the table keeps its slots as words
-/// where this id is stored as zero, so that a new table is all zeros, allocated as such, and the
-/// pages of its empty slots cost no memory until a permit lands in them.
+/// A permit's state in 12 bytes: its counter while live (`NOT_LIVE` once deleted), and the newest
+/// applied revision (0 = none), split in two halves so the slot needs only 4-byte alignment. A
+/// deleted permit stays as a tombstone only while it has a revision to guard; without one it is
+/// forgotten, which rules 1-4 treat exactly like a deleted permit.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PermitState {
+    revision: [u32; 2],
+    counter: CounterId,
+}
+
+/// The counter id of a permit that is not live (a tombstone).
+pub(super) const NOT_LIVE: CounterId = CounterId::MAX;
+
+impl PermitState {
+    pub(super) fn new(revision: u64, counter: Option<CounterId>) -> Self {
+        Self {
+            revision: [revision as u32, (revision >> 32) as u32],
+            counter: counter.unwrap_or(NOT_LIVE),
+        }
+    }
+
+    pub(super) fn revision(self) -> u64 {
+        u64::from(self.revision[0]) | (u64::from(self.revision[1]) << 32)
+    }
+
+    pub(super) fn live(self) -> Option<CounterId> {
+        (self.counter != NOT_LIVE).then_some(self.counter)
+    }
+}
+
+/// A counter id that is never used (see `Tables::counter` in `rules.rs`): the table keeps its
+/// slots as words where this id is stored as zero, so that a new table is all zeros, allocated as
+/// such, and the pages of its empty slots cost no memory until a permit lands in them.
 pub(super) const EMPTY: u32 = u32::MAX - 1;
 
 /// A slot as seven words: the UUID (4), the revision (2) and the counter id plus 2 (1), so that
-/// [`EMPTY`] is 0 and [`super::NOT_LIVE`] is 1.
+/// [`EMPTY`] is 0 and [`NOT_LIVE`] is 1.
 type Slot = [u32; 7];
 
 fn key_of(slot: &Slot) -> Uuid {
@@ -259,7 +289,7 @@ mod tests {
         );
         assert_eq!(size_of::<Slot>(), 28);
         let key = Uuid(*b"0123456789abcdef");
-        for counter in [0, 1, 7, EMPTY - 1, super::super::NOT_LIVE] {
+        for counter in [0, 1, 7, EMPTY - 1, NOT_LIVE] {
             let state = PermitState {
                 revision: [3, 4],
                 counter,

@@ -1,5 +1,6 @@
 //! Sixteen bytes at a time in SSE2 registers, for the checks of ids on the hot paths: the UUID
-//! parse in [`crate::projection`] and the `[A-Za-z0-9-]` check in [`crate::text`]. SSE2 is part
+//! parse of [`crate::projection`] (`projection/uuid.rs`) and the `[A-Za-z0-9-]` check in
+//! [`crate::text`]. SSE2 is part
 //! of x86-64 and `safe_arch` wraps its intrinsics as safe functions; this module exists only where
 //! the target has it, and each caller keeps a portable version that its tests compare with it.
 
