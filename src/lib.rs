@@ -6,27 +6,39 @@
 //!
 //! Data flows one way: bytes from Kafka become domain events in [`events`], [`ingest`] applies
 //! them to the [`projection`], and [`api`] reads from the projection. Nothing reads back up.
+//! Imports run top to bottom: `main` → `app` → {[`config`], [`api`], [`ingest`], [`produce`]} →
+//! {[`projection`], [`status`], [`telemetry`]} → [`events`] → [`text`]. The four stages import
+//! none of each other and only `app` knows them all; telemetry reads the projection, for the
+//! permit gauges it renders at scrape time.
 //!
+//! - `main.rs`: the thin binary (parse, run, report the error chain); mimalloc as the allocator.
+//! - `app.rs`: the wiring of `serve`, `produce` and `token`; the command line turned into each
+//!   part's own configuration; the tasks it starts, and their shutdown.
 //! - [`config`]: the command line (clap), every flag also an environment variable.
-//! - [`events`]: the protobuf/JSON wire types from `proto/` and the validated domain event.
-//! - [`projection`]: the read model; pure and synchronous, no I/O (its permit table in
-//!   `projection/table.rs`).
-//! - [`ingest`]: the consumer and apply threads: assignment from the beginning, readiness, lag,
-//!   bad records and their dead-letter copies.
-//! - [`api`]: the router (`api.rs`), the stats request (`api/stats.rs`), errors and their OPS-COM
-//!   codes (`api/error.rs`), limits and rate limit (`api/limits.rs`), the HTTP server
-//!   (`api/server.rs`), health and metrics pages (`api/health.rs`), request metrics
-//!   (`api/track.rs`), and [`api::auth`]: the token file and check (`api/auth.rs`) and its reload
-//!   on SIGHUP or change (`api/auth/reload.rs`).
-//! - [`telemetry`]: logs (`telemetry.rs`), the one catalogue of metric families and route labels
-//!   (`telemetry/catalogue.rs`), the recorder's install and upkeep (`telemetry/recorder.rs`), the
-//!   `/metrics` page (`telemetry/page.rs`), librdkafka statistics (`telemetry/kafka.rs`).
-//! - [`embedded`]: the in-process broker for `serve` without `--brokers`.
-//! - [`produce`]: the deterministic workload generator.
-//! - `app.rs`: wiring of `serve`, `produce` and `token`, the command line turned into each part's
-//!   configuration, and shutdown.
+//! - [`api`]: the router and shared state (`api.rs`); the stats request (`api/stats.rs`); errors
+//!   and their OPS-COM codes (`api/error.rs`); limits and the rate limit (`api/limits.rs`); the
+//!   HTTP server (`api/server.rs`); health and metrics pages (`api/health.rs`); request metrics
+//!   (`api/track.rs`); [`api::auth`]: the token file and check (`api/auth.rs`) and its reload on
+//!   SIGHUP or change (`api/auth/reload.rs`).
+//! - [`ingest`]: the stage (`ingest.rs`); the consumer loop and assignment
+//!   (`ingest/consumer.rs`); the apply thread (`ingest/apply.rs`); offsets, readiness, lag and
+//!   outages (`ingest/tracker.rs`); dead-letter copies (`ingest/dead_letter.rs`); rate-limited
+//!   warnings (`ingest/summary.rs`); the stage's error (`ingest/error.rs`); the embedded broker
+//!   for `serve` without `--brokers` (`ingest/embedded.rs`).
+//! - [`produce`]: the Kafka writer (`produce.rs`) and the deterministic workload generator
+//!   (`produce/workload.rs`).
+//! - [`projection`]: the read model's API (`projection.rs`); the five rules
+//!   (`projection/rules.rs`); the ready-encoded client views (`projection/view.rs`); the permit
+//!   table (`projection/table.rs`); the UUID parse (`projection/uuid.rs`); interned names and
+//!   counters (`projection/names.rs`). Pure and synchronous, no I/O.
 //! - [`status`]: readiness, lag and broker contact, written by ingest and read by the API.
-//! - [`text`]: byte-class checks (ids, tokens) shared by events and the API.
+//! - [`telemetry`]: logs (`telemetry.rs`); the one catalogue of metric families and route labels
+//!   (`telemetry/catalogue.rs`); the recorder's install and upkeep (`telemetry/recorder.rs`); the
+//!   `/metrics` page (`telemetry/page.rs`); librdkafka statistics (`telemetry/kafka.rs`).
+//! - [`events`]: the validated domain event and its decoding (`events.rs`); the protobuf reader
+//!   (`events/wire.rs`); the checks shared by both decoders (`events/validate.rs`).
+//! - [`text`]: byte-class checks (ids, tokens) shared by events and the API, with their SSE2 form
+//!   (`text/simd.rs`).
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
