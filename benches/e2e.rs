@@ -68,9 +68,10 @@ fn main() -> Result<()> {
 
 fn bare(brokers: &str, topic: &str) -> Result<()> {
     let started = Instant::now();
-    let consumer: BaseConsumer = ingest::consumer_config(brokers)
-        .set("client.id", "permit-stats-bare")
-        .create()?;
+    let consumer: BaseConsumer =
+        ingest::consumer_config(&permit_stats::kafka::KafkaSettings::plain(brokers))
+            .set("client.id", "permit-stats-bare")
+            .create()?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> = metadata

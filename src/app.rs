@@ -33,6 +33,7 @@ use crate::{
     },
     config::{self, LogFormat, ProduceArgs, ServeArgs, TokenArgs, ValueFormat},
     ingest::{self, IngestConfig, embedded::EmbeddedBroker},
+    kafka::KafkaSettings,
     produce,
     projection::Projection,
     status::IngestStatus,
@@ -83,7 +84,8 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => Tokens::load(path)?,
         None => Tokens::default(),
     };
-    let embedded = match &args.brokers {
+    let kafka = kafka_settings(args.brokers.as_deref(), &args.kafka)?;
+    let embedded = match kafka.bootstrap() {
         Some(_) => None,
         None => {
             let broker = EmbeddedBroker::start(&args.topic, args.embedded_partitions)?;
@@ -96,11 +98,14 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Some(broker)
         }
     };
-    let brokers = match (&args.brokers, &embedded) {
-        (Some(brokers), _) => brokers.clone(),
-        (None, Some(broker)) => broker.bootstrap_servers().to_owned(),
-        (None, None) => unreachable!("the embedded broker starts when no brokers are given"),
+    let kafka = match &embedded {
+        Some(broker) => kafka.with_bootstrap(broker.bootstrap_servers()),
+        None => kafka,
     };
+    if kafka.has_options() {
+        // Secrets are redacted by the settings' Display.
+        info!(settings = %kafka, "Kafka client settings");
+    }
     let demo_token = args.demo.then(|| {
         let token = auth::generate();
         tokens.add(&token, DEMO_CLIENT, "demo");
@@ -120,7 +125,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let mut ingest = ingest::spawn(
         IngestConfig {
-            brokers: brokers.clone(),
+            kafka: kafka.clone(),
             topic: args.topic.clone(),
             dead_letter_topic: args.dead_letter_topic.clone(),
             metadata_every: metadata_every(&args),
@@ -133,12 +138,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let demo_stop = Arc::new(AtomicBool::new(false));
     let demo = if args.demo {
-        Some(spawn_demo(
-            &brokers,
-            &args.topic,
-            args.demo_rate,
-            &demo_stop,
-        )?)
+        Some(spawn_demo(&kafka, &args.topic, args.demo_rate, &demo_stop)?)
     } else {
         None
     };
@@ -249,14 +249,34 @@ fn metadata_every(args: &ServeArgs) -> Duration {
     Duration::from_secs(args.metadata_interval)
 }
 
+/// The Kafka client settings of `--brokers`, `--kafka-config` and `--kafka-option`.
+fn kafka_settings(
+    brokers: Option<&str>,
+    args: &config::KafkaArgs,
+) -> anyhow::Result<KafkaSettings> {
+    KafkaSettings::load(brokers, args.kafka_config.as_deref(), &args.options())
+        .context("invalid Kafka client settings")
+}
+
+/// `produce --compression` as the producer takes it.
+fn compression(codec: config::Compression) -> produce::Compression {
+    match codec {
+        config::Compression::None => produce::Compression::None,
+        config::Compression::Gzip => produce::Compression::Gzip,
+        config::Compression::Snappy => produce::Compression::Snappy,
+        config::Compression::Lz4 => produce::Compression::Lz4,
+        config::Compression::Zstd => produce::Compression::Zstd,
+    }
+}
+
 /// Streams the demo workload into the topic at `rate` events per second until stopped.
 fn spawn_demo(
-    brokers: &str,
+    kafka: &KafkaSettings,
     topic: &str,
     rate: f64,
     stop: &Arc<AtomicBool>,
 ) -> anyhow::Result<thread::JoinHandle<()>> {
-    let brokers = brokers.to_owned();
+    let kafka = kafka.clone();
     let topic = topic.to_owned();
     let stop = Arc::clone(stop);
     let mut spec = produce::WorkloadSpec::demo(DEMO_CLIENT);
@@ -266,7 +286,7 @@ fn spawn_demo(
         .name("demo-producer".into())
         .spawn(move || {
             info!(rate, "demo: streaming permit events");
-            if let Err(e) = produce::stream(&brokers, &topic, workload, rate, None, &stop) {
+            if let Err(e) = produce::stream(&kafka, &topic, workload, rate, None, None, &stop) {
                 error!("demo producer stopped: {e:#}");
             }
         })
@@ -317,16 +337,19 @@ async fn shutdown_signal() {
 pub(crate) fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
     let spec = workload_spec(args);
     spec.validate().context("invalid workload")?;
+    let kafka = kafka_settings(args.brokers.as_deref(), &args.kafka)?;
+    kafka.require_bootstrap()?;
     if let Some(partitions) = args.create_partitions {
-        produce::create_topic(&args.brokers, &args.topic, partitions)?;
+        produce::create_topic(&kafka, &args.topic, partitions)?;
     }
     let stop = AtomicBool::new(false);
     let summary = produce::stream(
-        &args.brokers,
+        &kafka,
         &args.topic,
         produce::Workload::new(spec),
         args.rate,
         Some(args.events),
+        args.compression.map(compression),
         &stop,
     )?;
     eprintln!("{summary}");

@@ -55,9 +55,14 @@ pub enum LogFormat {
 /// `permit-stats serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Kafka bootstrap servers (host:port,...); without it, an embedded broker is started.
+    /// Kafka bootstrap servers (host:port,...); without it (and without a bootstrap.servers in
+    /// --kafka-option or --kafka-config), an embedded broker is started.
     #[arg(long, env = "PERMIT_STATS_BROKERS")]
     pub brokers: Option<String>,
+
+    /// librdkafka client settings (SASL, TLS, tuning).
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 
     /// The topic of the permit events.
     #[arg(long, env = "PERMIT_STATS_TOPIC", default_value = DEFAULT_TOPIC)]
@@ -192,9 +197,19 @@ impl fmt::Display for RateLimit {
 /// `permit-stats produce`: write a deterministic stream of permit events to a Kafka topic.
 #[derive(Args, Debug, Clone)]
 pub struct ProduceArgs {
-    /// Kafka bootstrap servers, `host:port[,host:port...]`
+    /// Kafka bootstrap servers, `host:port[,host:port...]` (or bootstrap.servers in
+    /// --kafka-option or --kafka-config)
     #[arg(long, env = "PERMIT_STATS_BROKERS")]
-    pub brokers: String,
+    pub brokers: Option<String>,
+
+    /// librdkafka client settings (SASL, TLS, tuning)
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Compression of the record batches written (default: none, or the compression.type of
+    /// --kafka-option or --kafka-config)
+    #[arg(long, env = "PERMIT_STATS_COMPRESSION", value_enum)]
+    pub compression: Option<Compression>,
 
     /// Topic to write the permit events to
     #[arg(long, env = "PERMIT_STATS_TOPIC", default_value = DEFAULT_TOPIC)]
@@ -274,6 +289,71 @@ pub enum ValueFormat {
     Mixed,
 }
 
+/// The librdkafka settings every Kafka client of the binary takes (spec/operations.md,
+/// "Connecting to a real cluster"). Their values are never shown in `--help`: they may hold
+/// secrets.
+#[derive(Debug, Clone, Default, Args)]
+pub struct KafkaArgs {
+    /// A librdkafka client setting, KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL;
+    /// wins over --kafka-config. [env: PERMIT_STATS_KAFKA_OPTIONS, entries separated by
+    /// newlines when it holds one, else by commas; ignored when the flag is given]
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+    pub kafka_option: Vec<String>,
+
+    /// The `PERMIT_STATS_KAFKA_OPTIONS` environment variable (see --kafka-option).
+    #[arg(
+        long = "kafka-options-env",
+        env = "PERMIT_STATS_KAFKA_OPTIONS",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub kafka_options_env: Option<String>,
+
+    /// A file of librdkafka client settings in Java `client.properties` syntax (`key=value`
+    /// lines, `#` comments).
+    #[arg(
+        long = "kafka-config",
+        env = "PERMIT_STATS_KAFKA_CONFIG",
+        value_name = "FILE",
+        hide_env_values = true
+    )]
+    pub kafka_config: Option<PathBuf>,
+}
+
+impl KafkaArgs {
+    /// The `KEY=VALUE` entries: the flags, or else the environment variable split by newlines
+    /// (when it holds one) or commas. Blank entries are dropped.
+    pub fn options(&self) -> Vec<String> {
+        if !self.kafka_option.is_empty() {
+            return self.kafka_option.clone();
+        }
+        let Some(text) = &self.kafka_options_env else {
+            return Vec::new();
+        };
+        let separator = if text.contains('\n') { '\n' } else { ',' };
+        text.split(separator)
+            .map(|entry| entry.trim_end_matches('\r').trim())
+            .filter(|entry| !entry.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// `produce --compression`: the codec of the record batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Compression {
+    /// Uncompressed.
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4.
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
 /// `permit-stats token`.
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {
@@ -328,6 +408,53 @@ mod tests {
         assert_eq!(args.dead_letter_topic.as_deref(), Some("bad"));
         assert_eq!(args.metadata_interval, 1);
         assert!(parse(&["--metadata-interval", "0"]).is_err());
+    }
+
+    #[test]
+    fn kafka_options_come_from_flags_or_the_environment_variable() {
+        let args = |flags: &[&str], env: Option<&str>| KafkaArgs {
+            kafka_option: flags.iter().map(|s| (*s).to_owned()).collect(),
+            kafka_options_env: env.map(str::to_owned),
+            kafka_config: None,
+        };
+        assert_eq!(
+            args(&[], Some("a=1, b=2,,")).options(),
+            ["a=1", "b=2"],
+            "commas without a newline"
+        );
+        assert_eq!(
+            args(&[], Some("bootstrap.servers=x:1,y:2\r\nsasl.username=u\n")).options(),
+            ["bootstrap.servers=x:1,y:2", "sasl.username=u"],
+            "newlines, and then commas are part of the values"
+        );
+        assert_eq!(
+            args(&["c=3"], Some("a=1")).options(),
+            ["c=3"],
+            "the flag wins"
+        );
+        let cli = Cli::try_parse_from([
+            "permit-stats",
+            "serve",
+            "--demo",
+            "--kafka-option",
+            "security.protocol=SSL",
+            "--kafka-option",
+            "ssl.ca.location=/ca.pem",
+            "--kafka-config",
+            "client.properties",
+        ])
+        .expect("valid");
+        let Command::Serve(serve) = cli.command else {
+            panic!("parsed another subcommand");
+        };
+        assert_eq!(
+            serve.kafka.kafka_option,
+            ["security.protocol=SSL", "ssl.ca.location=/ca.pem"]
+        );
+        assert_eq!(
+            serve.kafka.kafka_config.as_deref(),
+            Some(std::path::Path::new("client.properties"))
+        );
     }
 
     #[test]

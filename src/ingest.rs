@@ -22,6 +22,10 @@
 //!   thread owns and polls; a copy that fails is counted, never retried by blocking, so the
 //!   dead-letter topic can never stop consumption. At start the dead-letter topic is read once
 //!   so that a restart does not copy the same bad record again.
+//! - A cluster that refuses the service (wrong credentials, an untrusted certificate, a client
+//!   certificate it rejects) is told only through librdkafka's error callback: the consumer's
+//!   context keeps the last refusal, and `waiting_for` and the log name it (never a secret)
+//!   while the broker does not answer. librdkafka keeps retrying, and so does ingest.
 //! - While the broker is unreachable the last state keeps being served and librdkafka keeps
 //!   reconnecting. The lag cannot be measured then (no new high watermark arrives), so it keeps
 //!   its last known value, and the outage is told separately: `waiting_for` says since when the
@@ -50,7 +54,7 @@ use std::{sync::Arc, thread, time::Duration};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::{projection::Projection, status::IngestStatus};
+use crate::{kafka::KafkaSettings, projection::Projection, status::IngestStatus};
 
 mod apply;
 mod consumer;
@@ -110,8 +114,9 @@ pub const DEAD_LETTER_HEADERS: [&str; 4] = [
 /// Where ingest reads from.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
-    /// Bootstrap servers.
-    pub brokers: String,
+    /// The Kafka client settings (bootstrap servers, security, tuning) of every client ingest
+    /// creates.
+    pub kafka: KafkaSettings,
     /// The permit-event topic.
     pub topic: String,
     /// Where bad records are copied, if anywhere (never the permit-event topic itself).
@@ -223,7 +228,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let outcome = spawn(
             IngestConfig {
-                brokers: broker.bootstrap_servers().to_owned(),
+                kafka: KafkaSettings::plain(broker.bootstrap_servers()),
                 topic: TOPIC.to_owned(),
                 dead_letter_topic: dead_letter_topic.map(str::to_owned),
                 metadata_every: DEFAULT_METADATA_EVERY,

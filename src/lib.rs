@@ -7,7 +7,7 @@
 //! Data flows one way: bytes from Kafka become domain events in [`events`], [`ingest`] applies
 //! them to the [`projection`], and [`api`] reads from the projection. Nothing reads back up.
 //! Imports run top to bottom: `main` → `app` → {[`config`], [`api`], [`ingest`], [`produce`]} →
-//! {[`projection`], [`status`], [`telemetry`]} → [`events`] → [`text`]. The four stages import
+//! {[`projection`], [`status`], [`telemetry`], [`kafka`]} → [`events`] → [`text`]. The four stages import
 //! none of each other and only `app` knows them all; telemetry reads the projection, for the
 //! permit gauges it renders at scrape time.
 //!
@@ -32,6 +32,9 @@
 //!   table (`projection/table.rs`); the UUID parse (`projection/uuid.rs`); interned names and
 //!   counters (`projection/names.rs`). Pure and synchronous, no I/O.
 //! - [`status`]: readiness, lag and broker contact, written by ingest and read by the API.
+//! - [`kafka`]: the Kafka client settings every client of the binary takes (`--brokers`,
+//!   `--kafka-option`, `--kafka-config`): the `client.properties` reader, precedence, settings
+//!   the service owns, redaction of secrets, and how a cluster's refusal is told.
 //! - [`telemetry`]: logs (`telemetry.rs`); the one catalogue of metric families and route labels
 //!   (`telemetry/catalogue.rs`); the recorder's install and upkeep (`telemetry/recorder.rs`); the
 //!   `/metrics` page (`telemetry/page.rs`); librdkafka statistics (`telemetry/kafka.rs`).
@@ -48,6 +51,7 @@ mod app;
 pub mod config;
 pub mod events;
 pub mod ingest;
+pub mod kafka;
 pub mod produce;
 pub mod projection;
 pub mod status;

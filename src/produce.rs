@@ -23,13 +23,15 @@ use std::{
 
 use anyhow::Context as _;
 use rdkafka::{
-    ClientConfig, ClientContext,
+    ClientContext,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     error::{KafkaError, RDKafkaErrorCode},
     message::{Header, OwnedHeaders},
     producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext},
 };
+
+use crate::kafka::KafkaSettings;
 
 mod workload;
 
@@ -79,6 +81,35 @@ impl fmt::Display for Summary {
     }
 }
 
+/// `compression.type` of the producer: the codec of the record batches on the wire and in the
+/// topic. Consumers get the same record bytes whichever it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Uncompressed (librdkafka's default).
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4.
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    /// librdkafka's name of the codec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Gzip => "gzip",
+            Self::Snappy => "snappy",
+            Self::Lz4 => "lz4",
+            Self::Zstd => "zstd",
+        }
+    }
+}
+
 /// Counts delivery failures; librdkafka reports them only through this callback.
 #[derive(Default)]
 struct Deliveries {
@@ -117,22 +148,31 @@ const STOP_CHECK: Duration = Duration::from_millis(100);
 /// takes them); after a stall the schedule catches up at full speed. Setting `stop` ends the
 /// stream early: records already enqueued get a brief flush and the summary is returned.
 /// Delivery failures do not stop the stream; they are counted in the summary.
+///
+/// The producer takes the user's Kafka settings over its own defaults; `compression`, when
+/// given, wins over a `compression.type` among them.
 pub fn stream(
-    brokers: &str,
+    kafka: &KafkaSettings,
     topic: &str,
     records: impl IntoIterator<Item = Record>,
     rate: f64,
     limit: Option<u64>,
+    compression: Option<Compression>,
     stop: &AtomicBool,
 ) -> anyhow::Result<Summary> {
-    let producer: BaseProducer<Deliveries> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
+    let mut config = kafka.client_config(&[
+        ("linger.ms", "5"),
+        ("batch.num.messages", "10000"),
         // Idempotence keeps each permit's events in order (and single) across retries.
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
+        ("acks", "all"),
+        ("enable.idempotence", "true"),
+    ]);
+    if let Some(compression) = compression {
+        config.set("compression.type", compression.as_str());
+    }
+    let producer: BaseProducer<Deliveries> = config
         .create_with_context(Deliveries::default())
+        .map_err(|e| kafka.redact(e))
         .context("cannot create the Kafka producer")?;
 
     let interval = (rate.is_finite() && rate > 0.0)
@@ -225,14 +265,15 @@ pub fn stream(
 
 /// Creates `topic` unless it exists. The admin API is async only, so a small runtime drives this
 /// one call rather than making all of `run` async.
-pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+pub fn create_topic(kafka: &KafkaSettings, topic: &str, partitions: i32) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start a runtime for the admin client")?;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let admin: AdminClient<DefaultClientContext> = kafka
+        .client_config(&[])
         .create()
+        .map_err(|e| kafka.redact(e))
         .context("cannot create the Kafka admin client")?;
     // -1: the broker's default replication factor, so a real cluster gets its usual redundancy.
     let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
@@ -257,7 +298,7 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Resu
 #[cfg(test)]
 mod tests {
     use rdkafka::{
-        Offset, TopicPartitionList,
+        ClientConfig, Offset, TopicPartitionList,
         consumer::{BaseConsumer, Consumer},
         message::{Headers, Message},
         mocking::MockCluster,
@@ -311,11 +352,12 @@ mod tests {
         };
         let stop = AtomicBool::new(false);
         let summary = stream(
-            &brokers,
+            &KafkaSettings::plain(&brokers),
             "permits",
             workload(spec.clone()),
             0.0,
             Some(1000),
+            Some(Compression::Zstd),
             &stop,
         )
         .expect("stream");
@@ -337,12 +379,14 @@ mod tests {
         let cluster = MockCluster::new(1).expect("mock cluster");
         cluster.create_topic("paced", 1, 1).expect("topic");
         let stop = AtomicBool::new(false);
+        let kafka = KafkaSettings::plain(&cluster.bootstrap_servers());
         let summary = stream(
-            &cluster.bootstrap_servers(),
+            &kafka,
             "paced",
             workload(WorkloadSpec::default()),
             200.0,
             Some(50),
+            None,
             &stop,
         )
         .expect("stream");
@@ -352,10 +396,11 @@ mod tests {
 
         stop.store(true, Ordering::Relaxed);
         let stopped = stream(
-            &cluster.bootstrap_servers(),
+            &kafka,
             "paced",
             workload(WorkloadSpec::default()),
             1.0,
+            None,
             None,
             &stop,
         )
@@ -375,11 +420,12 @@ mod tests {
         let generate = started.elapsed();
         let stop = AtomicBool::new(false);
         let summary = stream(
-            &cluster.bootstrap_servers(),
+            &KafkaSettings::plain(&cluster.bootstrap_servers()),
             "bench",
             workload(WorkloadSpec::default()),
             0.0,
             Some(n as u64),
+            None,
             &stop,
         )
         .expect("stream");

@@ -8,7 +8,7 @@
 //! producer (flushed when `run` is cancelled).
 
 use std::{
-    sync::{Arc, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     thread,
     time::{Duration, Instant},
 };
@@ -24,7 +24,12 @@ use rdkafka::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{projection::Projection, status::IngestStatus, telemetry};
+use crate::{
+    kafka::{KafkaSettings, Refusal},
+    projection::Projection,
+    status::IngestStatus,
+    telemetry,
+};
 
 use super::{
     CHECK_EVERY, IngestConfig, IngestError, MAX_BATCH, POLL_WAIT, PROBE_TIMEOUT, REMIND_EVERY,
@@ -34,10 +39,42 @@ use super::{
     tracker::{HighWatermarks, PartitionState, Tracker},
 };
 
-/// librdkafka's callbacks: logs into `tracing`, statistics into the high watermarks used for lag.
+/// librdkafka's callbacks: logs into `tracing`, statistics into the high watermarks used for lag,
+/// and the cluster's last refusal (wrong credentials, TLS), which only the error callback tells.
 struct IngestContext {
     topic: String,
     high_watermarks: HighWatermarks,
+    /// For taking secrets out of what librdkafka says.
+    kafka: KafkaSettings,
+    /// The last refusal and librdkafka's reason for it, until the broker answers again.
+    refusal: Mutex<Option<(Refusal, String)>>,
+}
+
+impl IngestContext {
+    /// The last refusal since the broker last answered, as `waiting_for` and the log tell it.
+    fn refusal(&self) -> Option<(Refusal, String)> {
+        self.refusal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(refusal, reason)| {
+                (
+                    *refusal,
+                    format!(
+                        "the cluster refused the service: {}: {reason}",
+                        refusal.describe()
+                    ),
+                )
+            })
+    }
+
+    /// The broker answered: whatever it refused before is over.
+    fn forget_refusal(&self) {
+        self.refusal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
 }
 
 impl ClientContext for IngestContext {
@@ -62,7 +99,19 @@ impl ClientContext for IngestContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        let reason = self.kafka.scrub(reason);
         warn!(target: "librdkafka", %error, reason, "kafka client error");
+        if let Some(refusal) = Refusal::classify(error.rdkafka_error_code(), &reason) {
+            let mut last = self.refusal.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.as_ref().is_none_or(|(before, _)| *before != refusal) {
+                warn!(
+                    reason = %reason,
+                    "the cluster refused the service: {}; retrying",
+                    refusal.describe()
+                );
+            }
+            *last = Some((refusal, reason));
+        }
     }
 }
 
@@ -76,24 +125,26 @@ pub(super) struct Ingest {
     metadata_every: Duration,
 }
 
-/// The consumer settings ingest reads with: no group offsets (every partition is assigned from the
-/// beginning) and the prefetch tuned for replay. Public so that the benchmarks' bare consumer, the
-/// raw limit a replay is compared with, reads with exactly the same settings.
-pub fn consumer_config(brokers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "permit-stats")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+/// The consumer settings ingest reads with: the user's Kafka settings over the prefetch tuned for
+/// replay, and no group offsets (every partition is assigned from the beginning; the settings
+/// that say so are the service's own, [`crate::kafka::OWNED`]). Public so that the benchmarks'
+/// bare consumer, the raw limit a replay is compared with, reads with exactly the same settings.
+pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
+    let mut config = kafka.client_config(&[
         // Prefetch per partition; the default 64 MiB is more than a replay needs to run at full
         // speed and is held in memory on top of the projection.
-        .set("queued.max.messages.kbytes", "16384")
+        ("queued.max.messages.kbytes", "16384"),
         // Fetch again as soon as a full prefetch queue drains, not after librdkafka's default of
         // one second, which left the consumer idle most of a replay (BENCHMARKS.md, "What each
         // change bought").
-        .set("fetch.queue.backoff.ms", "10");
+        ("fetch.queue.backoff.ms", "10"),
+        ("client.id", "permit-stats"),
+    ]);
+    config
+        .set("group.id", "permit-stats")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest");
     config
 }
 
@@ -108,14 +159,15 @@ impl Ingest {
         let context = IngestContext {
             topic: config.topic.clone(),
             high_watermarks: Arc::clone(&high_watermarks),
+            kafka: config.kafka.clone(),
+            refusal: Mutex::new(None),
         };
-        let consumer: BaseConsumer<IngestContext> = consumer_config(&config.brokers)
+        let consumer: BaseConsumer<IngestContext> = consumer_config(&config.kafka)
             .set("statistics.interval.ms", "1000")
-            .set("client.id", "permit-stats")
             .create_with_context(context)
-            .map_err(IngestError::Consumer)?;
+            .map_err(|e| IngestError::Consumer(config.kafka.redact(e)))?;
         let dead_letter = match &config.dead_letter_topic {
-            Some(topic) => Some(DeadLetter::new(&config.brokers, topic, &config.topic)?),
+            Some(topic) => Some(DeadLetter::new(&config.kafka, topic, &config.topic)?),
             None => None,
         };
         Ok(Self {
@@ -144,18 +196,30 @@ impl Ingest {
                 return Ok(());
             }
             if let Err(why) = self.assign_new_partitions() {
-                let why = why.to_string();
+                // Nothing is assigned yet: a poll only serves the error callback, which is
+                // where a refusal (credentials, TLS) is told.
+                self.serve_callbacks();
+                // Said once per distinct reason, or kind of refusal (whose text changes with
+                // every attempt).
+                let (why, kind) = match self.consumer.context().refusal() {
+                    Some((refusal, text)) => (text, refusal.describe().to_owned()),
+                    None => {
+                        let why = why.to_string();
+                        (why.clone(), why)
+                    }
+                };
                 if said
                     .as_ref()
-                    .is_none_or(|(before, at)| *before != why || at.elapsed() >= REMIND_EVERY)
+                    .is_none_or(|(before, at)| *before != kind || at.elapsed() >= REMIND_EVERY)
                 {
                     warn!(topic = %self.tracker.topic, reason = %why, "waiting for the topic");
-                    said = Some((why.clone(), Instant::now()));
+                    said = Some((kind, Instant::now()));
                 }
                 self.tracker.status.set_waiting_for(Some(why));
                 sleep_unless_cancelled(Duration::from_secs(1), cancel);
             }
         }
+        self.consumer.context().forget_refusal();
         if said.is_some() {
             info!(topic = %self.tracker.topic, "the topic is reachable: replaying");
         }
@@ -171,6 +235,7 @@ impl Ingest {
         while !cancel.is_cancelled() {
             if self.poll_batch()? {
                 self.tracker.contact();
+                self.consumer.context().forget_refusal();
             }
             if let Some(dead_letter) = &self.tracker.dead_letter {
                 dead_letter.poll();
@@ -215,8 +280,25 @@ impl Ingest {
             .consumer
             .fetch_metadata(Some(&self.tracker.topic), PROBE_TIMEOUT)
         {
-            Ok(_) => self.tracker.contact(),
-            Err(e) => self.tracker.no_contact(&e.to_string()),
+            Ok(_) => {
+                self.tracker.contact();
+                self.consumer.context().forget_refusal();
+            }
+            // A refusal is the reason the broker does not answer: say that instead.
+            Err(e) => match self.consumer.context().refusal() {
+                Some((_, refusal)) => self.tracker.no_contact(&refusal),
+                None => self.tracker.no_contact(&e.to_string()),
+            },
+        }
+    }
+
+    /// Serves the consumer's queue without taking records (none are assigned yet), so that
+    /// librdkafka's error callback runs.
+    fn serve_callbacks(&self) {
+        for _ in 0..1000 {
+            if self.consumer.poll(Duration::ZERO).is_none() {
+                break;
+            }
         }
     }
 

@@ -17,7 +17,7 @@ use std::{
 
 use metrics::{Counter, counter};
 use rdkafka::{
-    ClientConfig, ClientContext, Message, Offset, TopicPartitionList,
+    ClientContext, Message, Offset, TopicPartitionList,
     config::RDKafkaLogLevel,
     consumer::{BaseConsumer, Consumer},
     error::KafkaError,
@@ -27,7 +27,7 @@ use rdkafka::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{events::InvalidEvent, telemetry};
+use crate::{events::InvalidEvent, kafka::KafkaSettings, telemetry};
 
 use super::{
     DEAD_LETTER_FLUSH, DEAD_LETTER_SCAN_DEADLINE, HEADER_REASON, HEADER_SOURCE_OFFSET,
@@ -41,7 +41,7 @@ pub(super) struct DeadLetter {
     producer: BaseProducer<DeadLetterContext>,
     topic: String,
     source_topic: String,
-    brokers: String,
+    kafka: KafkaSettings,
     /// Source (partition, offset) of the copies found in the dead-letter topic at start; each is
     /// removed when its record comes by again, so the set only shrinks.
     already: HashSet<(i32, i64)>,
@@ -171,28 +171,37 @@ impl ProducerContext for DeadLetterContext {
 
 impl DeadLetter {
     /// A producer to `topic` for the bad records of `source_topic`; nothing is sent yet.
-    pub(super) fn new(brokers: &str, topic: &str, source_topic: &str) -> Result<Self, IngestError> {
+    ///
+    /// It takes the user's Kafka settings, so a `compression.type` among them compresses the
+    /// copies' batches; the copies' key, value and headers are the source record's bytes either
+    /// way (compression is only how a batch travels and is stored).
+    pub(super) fn new(
+        kafka: &KafkaSettings,
+        topic: &str,
+        source_topic: &str,
+    ) -> Result<Self, IngestError> {
         let failures = counter!(telemetry::DEAD_LETTER_FAILURES);
         failures.absolute(0);
         let delivered = counter!(telemetry::DEAD_LETTERED);
         delivered.absolute(0);
-        let producer: BaseProducer<DeadLetterContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("client.id", "permit-stats-dead-letter")
-            // Copies in source order per key, once per send even across retries.
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "20")
+        let producer: BaseProducer<DeadLetterContext> = kafka
+            .client_config(&[
+                ("client.id", "permit-stats-dead-letter"),
+                // Copies in source order per key, once per send even across retries.
+                ("enable.idempotence", "true"),
+                ("linger.ms", "20"),
+            ])
             .create_with_context(DeadLetterContext {
                 delivered,
                 failures: failures.clone(),
                 failed: Mutex::new(Summaries::new(WARN_SUMMARY_EVERY)),
             })
-            .map_err(IngestError::DeadLetterProducer)?;
+            .map_err(|e| IngestError::DeadLetterProducer(kafka.redact(e)))?;
         Ok(Self {
             producer,
             topic: topic.to_owned(),
             source_topic: source_topic.to_owned(),
-            brokers: brokers.to_owned(),
+            kafka: kafka.clone(),
             already: HashSet::new(),
             failures,
         })
@@ -273,14 +282,14 @@ impl DeadLetter {
     }
 
     fn scan(&mut self, cancel: &CancellationToken) -> Result<usize, IngestError> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        let consumer: BaseConsumer = self
+            .kafka
+            .client_config(&[("client.id", "permit-stats-dead-letter-scan")])
             .set("group.id", "permit-stats-dead-letter-scan")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("client.id", "permit-stats-dead-letter-scan")
             .create()
-            .map_err(IngestError::ScanConsumer)?;
+            .map_err(|e| IngestError::ScanConsumer(self.kafka.redact(e)))?;
         let metadata = consumer
             .fetch_metadata(Some(&self.topic), REQUEST_TIMEOUT)
             .map_err(IngestError::Metadata)?;
