@@ -216,7 +216,8 @@ impl Ingest {
                     said = Some((kind, Instant::now()));
                 }
                 self.tracker.status.set_waiting_for(Some(why));
-                sleep_unless_cancelled(Duration::from_secs(1), cancel);
+                // The same one second between attempts as before, the poll's wait included.
+                sleep_unless_cancelled(Duration::from_secs(1) - POLL_WAIT, cancel);
             }
         }
         self.consumer.context().forget_refusal();
@@ -294,11 +295,16 @@ impl Ingest {
 
     /// Serves the consumer's queue without taking records (none are assigned yet), so that
     /// librdkafka's error callback runs.
+    ///
+    /// The first poll waits a little: with no wait at all, the error events that librdkafka's
+    /// main queue forwards to the consumer's were not seen (tried against a refusing broker).
     fn serve_callbacks(&self) {
+        let mut wait = POLL_WAIT;
         for _ in 0..1000 {
-            if self.consumer.poll(Duration::ZERO).is_none() {
+            if self.consumer.poll(wait).is_none() {
                 break;
             }
+            wait = Duration::ZERO;
         }
     }
 

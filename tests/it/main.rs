@@ -22,6 +22,9 @@
 //! - `faults`: bad records and dead letters, broker outages, SIGKILL, new partitions, replicas.
 //! - `shutdown`: SIGTERM with requests in flight, and a stuck request.
 //! - `soak`: a minute of ingest and reads; memory levels off, counts stay exact.
+//! - `kafka_security`: every codec (written by Kafka's ConsoleProducer), SASL_SSL from a
+//!   properties file, mutual TLS, and a cluster that refuses the service; these need the
+//!   broker's secured listeners (`KAFKA_SECURITY=1 scripts/kafka.sh run -- ...`).
 
 mod support;
 
@@ -33,6 +36,7 @@ mod fuzz_http;
 mod http_api;
 mod http_limits;
 mod kafka_e2e;
+mod kafka_security;
 mod logs;
 mod metrics;
 mod openapi;

@@ -44,6 +44,82 @@ pub fn bootstrap() -> Option<String> {
     }
 }
 
+/// The shared broker's secured listeners and test credentials (`KAFKA_SECURITY=1
+/// scripts/kafka.sh run -- ...`).
+#[derive(Debug, Clone)]
+pub struct Secured {
+    /// The PLAINTEXT listener (what the tests' own producer and reader use).
+    pub plain: String,
+    /// The SASL_SSL listener (SCRAM-SHA-512, SCRAM-SHA-256, PLAIN, OAUTHBEARER).
+    pub sasl_ssl: String,
+    /// The SSL listener that requires a client certificate.
+    pub ssl: String,
+    /// The test CA's certificate (PEM file).
+    pub ca: String,
+    /// The client certificate the CA signed (PEM file).
+    pub client_cert: String,
+    /// Its key (PEM file).
+    pub client_key: String,
+    /// The SCRAM user.
+    pub user: String,
+    /// Its password (never to be printed by the service).
+    pub password: String,
+    /// The broker's run folder (its data, for Kafka's own tools).
+    pub run_dir: String,
+}
+
+/// The secured listeners, or `None` (after a loud notice) when the broker was started without
+/// `KAFKA_SECURITY=1` outside CI. In CI a broker without them is a failure.
+pub fn secured() -> Option<Secured> {
+    let plain = bootstrap()?;
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let found = (|| {
+        Some(Secured {
+            plain,
+            sasl_ssl: var("KAFKA_SASL_SSL_BOOTSTRAP")?,
+            ssl: var("KAFKA_SSL_BOOTSTRAP")?,
+            ca: var("KAFKA_CA_PEM")?,
+            client_cert: var("KAFKA_CLIENT_CERT_PEM")?,
+            client_key: var("KAFKA_CLIENT_KEY_PEM")?,
+            user: var("KAFKA_SCRAM_USER")?,
+            password: var("KAFKA_SCRAM_PASSWORD")?,
+            run_dir: var("KAFKA_RUN_DIR")?,
+        })
+    })();
+    if found.is_none() {
+        skip_unless_ci(
+            "secured-Kafka test (the broker has no secured listeners: KAFKA_SASL_SSL_BOOTSTRAP \
+             and friends are not set)",
+            "run: KAFKA_SECURITY=1 scripts/kafka.sh run -- cargo test --test it kafka_security",
+        );
+    }
+    found
+}
+
+/// Runs one of Kafka's own command-line tools (`scripts/kafka.sh tool CLASS ARGS...`) with
+/// `stdin` as its input; its stdout. Panics with its stderr when it fails.
+pub fn kafka_tool(class: &str, args: &[&str], stdin: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new(script())
+        .arg("tool")
+        .arg(class)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run scripts/kafka.sh tool");
+    // A tool that refused its arguments closes its input early: its stderr says why, below.
+    let _ = child.stdin.take().expect("piped").write_all(stdin);
+    let output = child.wait_with_output().expect("the tool ends");
+    assert!(
+        output.status.success(),
+        "scripts/kafka.sh tool {class} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -288,8 +364,11 @@ fn script() -> PathBuf {
 }
 
 fn run_script(args: &[&str]) -> String {
+    // A private broker needs no secured listeners: their start costs time (certificates, two
+    // more ports), and CI runs the tests with KAFKA_SECURITY=1 for the shared broker.
     let output = Command::new(script())
         .args(args)
+        .env_remove("KAFKA_SECURITY")
         .stdin(Stdio::null())
         .output()
         .expect("run scripts/kafka.sh");

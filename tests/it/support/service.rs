@@ -48,6 +48,16 @@ impl Service {
     /// Starts `permit-stats <global> serve <serve> --listen 127.0.0.1:<free port>`, with
     /// `RUST_LOG` set to `rust_log` (or unset, for the binary's default).
     pub fn serve(global: &[&str], serve: &[&str], rust_log: Option<&str>) -> Self {
+        Self::serve_with_env(global, serve, rust_log, &[])
+    }
+
+    /// [`Service::serve`] with extra environment variables (`PERMIT_STATS_...`).
+    pub fn serve_with_env(
+        global: &[&str],
+        serve: &[&str],
+        rust_log: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let port = free_port();
         let socket = SocketAddr::from(([127, 0, 0, 1], port));
         let dir = TempDir::new("permit-stats-service");
@@ -60,6 +70,7 @@ impl Service {
             .args(serve)
             .args(["--listen", &socket.to_string()])
             .env_remove("PERMIT_STATS_DEMO")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout).expect("stdout file"))
             .stderr(fs::File::create(&stderr).expect("stderr file"));
