@@ -12,11 +12,17 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # librdkafka is compiled from source by rdkafka-sys (its own configure and make, both in this
-# image). zlib is linked statically so that the runtime image needs nothing but glibc and libgcc.
+# image). zlib and zstd are linked statically; TLS and SASL SCRAM/OAUTHBEARER use the system's
+# OpenSSL (libssl-dev and pkg-config to build, installed below so the requirement is written
+# down: the rust image has them already), so the runtime needs glibc, libgcc and libssl3.
+# OPENSSL_STATIC stays unset on purpose: security fixes then come with the base image.
 # Debug info is stripped (44 MB -> 9 MB); symbols stay, so a backtrace still names functions.
 ENV LIBZ_SYS_STATIC=1 \
     CARGO_PROFILE_RELEASE_STRIP=debuginfo \
     CARGO_TERM_COLOR=never
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libssl-dev pkg-config \
+    && rm -rf /var/lib/apt/lists/*
 COPY . .
 # The registry and target caches survive between builds (BuildKit), so a code change rebuilds
 # the crate, not its ~300 dependencies.
@@ -26,7 +32,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && cp target/release/permit-stats /usr/local/bin/permit-stats
 
 # --- runtime -------------------------------------------------------------------------------------
-# glibc, libgcc and CA certificates, no shell, no package manager; "nonroot" is uid 65532.
+# glibc, libgcc, libssl3 (OpenSSL 3, for TLS to Kafka) and CA certificates, no shell, no package
+# manager; "nonroot" is uid 65532. cc-debian12 is distroless' `base` (which ships libssl3 and
+# ca-certificates; `base-nossl` is the variant without) plus libgcc. It carries the TLS library
+# now: rebuild on a fresh base image regularly to pick up OpenSSL fixes.
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 COPY --from=build /usr/local/bin/permit-stats /usr/local/bin/permit-stats
 USER nonroot:nonroot

@@ -295,8 +295,9 @@ pub enum ValueFormat {
 #[derive(Debug, Clone, Default, Args)]
 pub struct KafkaArgs {
     /// A librdkafka client setting, KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL;
-    /// wins over --kafka-config. [env: PERMIT_STATS_KAFKA_OPTIONS, entries separated by
-    /// newlines when it holds one, else by commas; ignored when the flag is given]
+    /// wins over --kafka-config. The variable holds several: one per line when it holds a
+    /// newline, else comma-separated; the flag, when given, replaces it.
+    /// [env: PERMIT_STATS_KAFKA_OPTIONS]
     #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
     pub kafka_option: Vec<String>,
 
