@@ -85,11 +85,15 @@ pub enum KafkaSettingsError {
         /// What is wrong.
         problem: &'static str,
     },
-    /// A `--kafka-option` is not `KEY=VALUE`.
-    #[error("--kafka-option {key:?}: expected KEY=VALUE")]
+    /// A `--kafka-option` is not `KEY=VALUE`. The entry itself is not shown: it may be part of
+    /// a secret (a password with a comma, split by the comma-separated form).
+    #[error(
+        "Kafka option number {number} is not KEY=VALUE (not shown: it may be part of a secret; \
+         a value holding commas needs the newline-separated form of PERMIT_STATS_KAFKA_OPTIONS)"
+    )]
     Option {
-        /// What came before any `=` (never the value).
-        key: String,
+        /// Its position among the options, from 1.
+        number: usize,
     },
     /// Settings the service owns were given.
     #[error(
@@ -152,16 +156,14 @@ impl KafkaSettings {
             })?;
             merged.extend(properties.into_iter().map(|(k, v)| (normalize(&k), v)));
         }
-        for option in options {
-            let (key, value) =
-                option
-                    .split_once('=')
-                    .ok_or_else(|| KafkaSettingsError::Option {
-                        key: option.split(':').next().unwrap_or_default().to_owned(),
-                    })?;
+        for (index, option) in options.iter().enumerate() {
+            let refused = KafkaSettingsError::Option { number: index + 1 };
+            let Some((key, value)) = option.split_once('=') else {
+                return Err(refused);
+            };
             let key = normalize(key.trim());
             if key.is_empty() {
-                return Err(KafkaSettingsError::Option { key });
+                return Err(refused);
             }
             merged.insert(key, value.trim().to_owned());
         }
@@ -663,8 +665,9 @@ mod tests {
             jaas.contains("sasl.username") && !jaas.contains("hunter2"),
             "{jaas}"
         );
-        let bad = refused(&["no-equals-sign"]);
-        assert!(bad.contains("KEY=VALUE"), "{bad}");
+        let bad = refused(&["linger.ms=1", "no-equals-sign"]);
+        assert!(bad.contains("number 2 is not KEY=VALUE"), "{bad}");
+        assert!(!bad.contains("no-equals-sign"), "{bad}");
         let bad = KafkaSettings::load(None, None, &options(&["sasl.password:hunter2"]))
             .expect_err("refused")
             .to_string();
