@@ -57,19 +57,20 @@ pub enum TlsError {
         problem: String,
     },
     /// The key is of a kind rustls cannot sign with, or is not the certificate's.
-    #[error("the TLS private key {key} does not go with the certificate {cert}: {source}")]
+    // rustls' reason is in the message rather than a `source`: the reload's log line shows the
+    // message alone, and the start's error chain would show it twice.
+    #[error("the TLS private key {key} does not go with the certificate {cert}: {reason}")]
     Pair {
         /// The certificate file.
         cert: String,
         /// The key file.
         key: String,
         /// rustls' reason.
-        #[source]
-        source: rustls::Error,
+        reason: rustls::Error,
     },
     /// rustls refused the configuration (no protocol version in common with the provider).
     #[error("cannot set up TLS: {0}")]
-    Config(#[source] rustls::Error),
+    Config(rustls::Error),
 }
 
 /// What is wrong with a PEM file, without quoting it.
@@ -108,10 +109,10 @@ fn load_pair(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey
     })?;
     // Parses the key, and the certificate's public key to compare them: a key that is not the
     // certificate's would fail every handshake.
-    CertifiedKey::from_der(chain, key, provider).map_err(|source| TlsError::Pair {
+    CertifiedKey::from_der(chain, key, provider).map_err(|reason| TlsError::Pair {
         cert: cert_path(),
         key: key_path(),
-        source,
+        reason,
     })
 }
 
