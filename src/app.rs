@@ -3,8 +3,8 @@
 //!
 //! One cancellation token stops everything. SIGTERM or Ctrl-C: the listener stops accepting,
 //! in-flight requests get a bounded grace period, the ingest thread, the demo producer, the token
-//! reload and the metrics upkeep stop, and the process exits 0. An unexpected exit of the server or
-//! the ingest thread stops the process with an error.
+//! and certificate reloads and the metrics upkeep stop, and the process exits 0. An unexpected
+//! exit of the server or the ingest thread stops the process with an error.
 //!
 //! This is also the one place that turns the command line ([`crate::config`]) into each part's own
 //! configuration: [`api::Limits`], ingest's settings, the log format.
@@ -256,7 +256,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    // Both stop at the cancellation, between two of their steps: this is a formality unless one
+    // They stop at the cancellation, between two of their steps: this is a formality unless one
     // is stuck in a step (a token file on a hung network filesystem).
     for (name, mut task) in background {
         match tokio::time::timeout_at(threads_deadline, &mut task).await {
