@@ -43,5 +43,11 @@ USER nonroot:nonroot
 ENV PERMIT_STATS_LISTEN=0.0.0.0:8080 \
     PERMIT_STATS_LOG_FORMAT=json
 EXPOSE 8080
+# HTTPS instead of HTTP on the same port (README "HTTPS"), with the pair mounted read-only, e.g.
+#   docker run -v "$PWD/tls:/etc/permit-stats/tls:ro" \
+#     -e PERMIT_STATS_TLS_CERT=/etc/permit-stats/tls/tls.crt \
+#     -e PERMIT_STATS_TLS_KEY=/etc/permit-stats/tls/tls.key -p 8443:8080 permit-stats:local
+# ENV PERMIT_STATS_TLS_CERT=/etc/permit-stats/tls/tls.crt \
+#     PERMIT_STATS_TLS_KEY=/etc/permit-stats/tls/tls.key
 ENTRYPOINT ["/usr/local/bin/permit-stats"]
 CMD ["serve", "--demo"]

@@ -5,7 +5,11 @@
 //! - `api/stats.rs`: the stats request: body, field checks, token check, rate limit, zone filter.
 //! - `api/error.rs`: [`ApiError`], each failure with its OPS-COM code and HTTP status in one place.
 //! - `api/limits.rs`: [`Limits`] and [`RateLimit`], what slow, greedy and hostile clients meet.
-//! - `api/server.rs`: the hyper server ([`serve`]): deadlines, connection cap, graceful shutdown.
+//! - `api/server.rs`: the hyper server ([`serve`], [`serve_tls`]): deadlines, connection cap,
+//!   graceful shutdown, over HTTP or HTTPS.
+//! - `api/tls.rs` ([`tls`]): HTTPS's certificate and key, and their reload on SIGHUP or change.
+//! - `api/reload.rs`: the one reload mechanism (SIGHUP and a poll of the files) of the token file
+//!   and the certificate.
 //! - `api/health.rs`: liveness, readiness and the `/metrics` page.
 //! - `api/track.rs`: the request counters and latency histograms of every route.
 //! - `api/auth.rs` ([`auth`]): the token file, the token check, and its reload on SIGHUP or change.
@@ -16,8 +20,10 @@ pub mod auth;
 mod error;
 mod health;
 mod limits;
+mod reload;
 mod server;
 mod stats;
+pub mod tls;
 mod track;
 
 use std::{fmt, sync::Arc, time::Duration};
@@ -33,7 +39,7 @@ use tower_http::cors::{AllowHeaders, Any, CorsLayer};
 
 pub use error::ApiError;
 pub use limits::{Limits, RateLimit};
-pub use server::{MAX_HEAD_BYTES, serve};
+pub use server::{MAX_HEAD_BYTES, serve, serve_tls};
 pub use stats::{
     MAX_BODY, MAX_TOKEN_CHARS, MAX_ZONE_NAMES, MAX_ZONES_BYTES, X_STATS_AS_OF, X_STATS_LAG,
 };

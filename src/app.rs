@@ -3,8 +3,8 @@
 //!
 //! One cancellation token stops everything. SIGTERM or Ctrl-C: the listener stops accepting,
 //! in-flight requests get a bounded grace period, the ingest thread, the demo producer, the token
-//! reload and the metrics upkeep stop, and the process exits 0. An unexpected exit of the server or
-//! the ingest thread stops the process with an error.
+//! and certificate reloads and the metrics upkeep stop, and the process exits 0. An unexpected
+//! exit of the server or the ingest thread stops the process with an error.
 //!
 //! This is also the one place that turns the command line ([`crate::config`]) into each part's own
 //! configuration: [`api::Limits`], ingest's settings, the log format.
@@ -30,6 +30,7 @@ use crate::{
     api::{
         self, AppState,
         auth::{self, Tokens},
+        tls::{self, Tls, TlsFiles},
     },
     config::{self, LogFormat, ProduceArgs, ServeArgs, TokenArgs, ValueFormat},
     ingest::{self, IngestConfig, embedded::EmbeddedBroker},
@@ -66,6 +67,17 @@ fn limits(args: &ServeArgs) -> api::Limits {
     }
 }
 
+/// `--tls-cert` and `--tls-key`, when given (clap makes sure both are, or neither).
+fn tls_files(args: &ServeArgs) -> Option<TlsFiles> {
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    }
+}
+
 /// `--rate-limit` and `--rate-limit-burst` as the API enforces them: the burst defaults to one
 /// period's worth.
 fn rate_limit(limit: config::RateLimit, burst: Option<NonZeroU32>) -> api::RateLimit {
@@ -83,6 +95,11 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut tokens = match &args.tokens {
         Some(path) => Tokens::load(path)?,
         None => Tokens::default(),
+    };
+    // HTTPS: a certificate or key that does not load stops the start, like a bad token file.
+    let tls = match tls_files(&args) {
+        Some(files) => Some((Tls::load(&files)?, files)),
+        None => None,
     };
     let kafka = kafka_settings(args.brokers.as_deref(), &args.kafka)?;
     let embedded = match kafka.bootstrap() {
@@ -149,7 +166,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("listener has no address")?;
     info!(%addr, topic = %args.topic, "listening");
     if let Some(token) = &demo_token {
-        print_demo_curl(addr, token);
+        print_demo_curl(addr, token, if tls.is_some() { "https" } else { "http" });
     }
 
     let state = AppState {
@@ -162,17 +179,33 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // api/limits.rs.
     let poll = Some(Duration::from_secs(args.tokens_poll_interval)).filter(|p| !p.is_zero());
     let shared_tokens = Arc::clone(&state.tokens);
-    let background = [
+    let mut background = vec![
         (
             "token reload",
             auth::spawn_reload(args.tokens.clone(), shared_tokens, poll, cancel.clone()),
         ),
         ("metrics upkeep", state.metrics.spawn_upkeep(cancel.clone())),
     ];
+    // The certificate's reload (SIGHUP, file changes): see api/tls.rs.
+    if let Some((tls, files)) = &tls {
+        let poll = Some(Duration::from_secs(args.tls_poll_interval)).filter(|p| !p.is_zero());
+        background.push((
+            "certificate reload",
+            tls::spawn_reload(files.clone(), tls.clone(), poll, cancel.clone()),
+        ));
+    }
     let limits = limits(&args);
     let router = api::router_with(state, &limits);
-    let server = api::serve(listener, router, limits, cancel.clone());
-    let mut server = tokio::spawn(server);
+    let mut server = match tls {
+        Some((tls, _)) => tokio::spawn(api::serve_tls(
+            listener,
+            router,
+            limits,
+            tls,
+            cancel.clone(),
+        )),
+        None => tokio::spawn(api::serve(listener, router, limits, cancel.clone())),
+    };
 
     let outcome = tokio::select! {
         () = shutdown_signal() => {
@@ -223,7 +256,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    // Both stop at the cancellation, between two of their steps: this is a formality unless one
+    // They stop at the cancellation, between two of their steps: this is a formality unless one
     // is stuck in a step (a token file on a hung network filesystem).
     for (name, mut task) in background {
         match tokio::time::timeout_at(threads_deadline, &mut task).await {
@@ -293,7 +326,8 @@ fn spawn_demo(
         .context("cannot start the demo producer")
 }
 
-fn print_demo_curl(addr: SocketAddr, token: &str) {
+/// `scheme`: `https` with --tls-cert (a certificate curl does not trust needs its `--cacert`).
+fn print_demo_curl(addr: SocketAddr, token: &str, scheme: &str) {
     let host = if addr.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], addr.port()))
     } else {
@@ -301,10 +335,10 @@ fn print_demo_curl(addr: SocketAddr, token: &str) {
     };
     println!(
         "\nDemo ready. Ask for the permit stats of {DEMO_CLIENT} (paste this):\n\n\
-         curl -sS -X POST 'http://{host}/api/{DEMO_CLIENT}/v1/permits/stats' \\\n  \
+         curl -sS -X POST '{scheme}://{host}/api/{DEMO_CLIENT}/v1/permits/stats' \\\n  \
          -H 'Content-Type: application/json' -H 'Accept: application/json' \\\n  \
          -d '{{\"apiToken\":\"{token}\",\"zones\":\"Lot 01,Lot 02\"}}'\n\n\
-         Every zone: drop \"zones\". Metrics: curl -sS http://{host}/metrics\n"
+         Every zone: drop \"zones\". Metrics: curl -sS {scheme}://{host}/metrics\n"
     );
 }
 

@@ -72,6 +72,20 @@ pub struct ServeArgs {
     #[arg(long, env = "PERMIT_STATS_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// PEM certificate chain (server certificate first): serve the API over HTTPS instead of
+    /// HTTP; needs --tls-key. Reloaded on SIGHUP and on change.
+    #[arg(long, env = "PERMIT_STATS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS #8, PKCS #1 or SEC1); needs --tls-cert.
+    #[arg(long, env = "PERMIT_STATS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Seconds between checks of the --tls-cert and --tls-key files for changes (0: reload on
+    /// SIGHUP only).
+    #[arg(long, env = "PERMIT_STATS_TLS_POLL_INTERVAL", default_value_t = 1)]
+    pub tls_poll_interval: u64,
+
     /// The token file (TOML, SHA-256 digests); required unless --demo.
     #[arg(long, env = "PERMIT_STATS_TOKENS", required_unless_present = "demo")]
     pub tokens: Option<PathBuf>,
@@ -456,6 +470,38 @@ mod tests {
             serve.kafka.kafka_config.as_deref(),
             Some(std::path::Path::new("client.properties"))
         );
+    }
+
+    #[test]
+    fn tls_needs_both_the_certificate_and_the_key() {
+        let parse = |extra: &[&str]| {
+            let argv = ["permit-stats", "serve", "--demo"].iter().chain(extra);
+            match Cli::try_parse_from(argv).map(|cli| cli.command) {
+                Ok(Command::Serve(args)) => Ok(args),
+                Ok(_) => panic!("parsed another subcommand"),
+                Err(e) => Err(e),
+            }
+        };
+        let plain = parse(&[]).expect("valid");
+        assert_eq!(
+            (plain.tls_cert, plain.tls_key),
+            (None, None),
+            "HTTP by default"
+        );
+        assert_eq!(plain.tls_poll_interval, 1);
+        let both = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).expect("valid");
+        assert_eq!(both.tls_cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(both.tls_key, Some(PathBuf::from("k.pem")));
+        for alone in [["--tls-cert", "c.pem"], ["--tls-key", "k.pem"]] {
+            let e = parse(&alone).expect_err("one without the other");
+            assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+            let other = if alone[0] == "--tls-cert" {
+                "--tls-key"
+            } else {
+                "--tls-cert"
+            };
+            assert!(e.to_string().contains(other), "{e}");
+        }
     }
 
     #[test]

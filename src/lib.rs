@@ -17,9 +17,11 @@
 //! - [`config`]: the command line (clap), every flag also an environment variable.
 //! - [`api`]: the router and shared state (`api.rs`); the stats request (`api/stats.rs`); errors
 //!   and their OPS-COM codes (`api/error.rs`); limits and the rate limit (`api/limits.rs`); the
-//!   HTTP server (`api/server.rs`); health and metrics pages (`api/health.rs`); request metrics
-//!   (`api/track.rs`); [`api::auth`]: the token file and check (`api/auth.rs`) and its reload on
-//!   SIGHUP or change (`api/auth/reload.rs`).
+//!   HTTP server, plain or over TLS (`api/server.rs`); health and metrics pages
+//!   (`api/health.rs`); request metrics (`api/track.rs`); [`api::auth`]: the token file and check
+//!   (`api/auth.rs`) and its reload on SIGHUP or change (`api/auth/reload.rs`); [`api::tls`]: the
+//!   HTTPS certificate and key and their reload (`api/tls.rs`); the one reload mechanism
+//!   (SIGHUP, a poll of the files) both use (`api/reload.rs`).
 //! - [`ingest`]: the stage (`ingest.rs`); the consumer loop and assignment
 //!   (`ingest/consumer.rs`); the apply thread (`ingest/apply.rs`); offsets, readiness, lag and
 //!   outages (`ingest/tracker.rs`); dead-letter copies (`ingest/dead_letter.rs`); rate-limited

@@ -6,20 +6,27 @@
 //! `--dump-dom` prints once the requests have finished (`--virtual-time-budget` waits for them).
 //! Reading `x-stats-lag` and `x-stats-as-of` there proves `Access-Control-Expose-Headers` works.
 //!
-//! Needs Debian's `chromium` (`.ci/run` installs it). Without it the test says so loudly and
-//! passes, except under CI (`CI` set), where it fails.
+//! The same page runs a second time against the API over HTTPS, with a certificate of a test CA
+//! that Chromium trusts the way a user's machine does: in the NSS database of its `$HOME`
+//! (`certutil`), no certificate errors ignored.
+//!
+//! Needs Debian's `chromium`, and `certutil` (`libnss3-tools`) for HTTPS (`.ci/run` installs
+//! both). Without them the tests say so loudly and pass, except under CI (`CI` set), where they
+//! fail.
 
 use std::{
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use axum::{Router, response::Html, routing::get};
-use permit_stats::api::Limits;
+use permit_stats::api::{Limits, tls::Tls};
 
 use crate::support::{
     server::{self, TOKEN},
     skip_unless_ci,
+    tls::Pki,
 };
 
 const CHROMIUM: &str = "chromium";
@@ -104,14 +111,19 @@ fn chromium_available() -> bool {
         .is_ok_and(|status| status.success())
 }
 
-/// Runs headless Chromium on `url` and returns the DOM it dumps.
-fn dump_dom(url: &str) -> String {
+/// Runs headless Chromium on `url`, with `$HOME` at `home` when given (where its NSS database
+/// is), and returns the DOM it dumps.
+fn dump_dom(url: &str, home: Option<&Path>) -> String {
     let profile = std::env::temp_dir().join(format!(
         "permit-stats-chromium-{}-{}",
         std::process::id(),
         permit_stats::api::auth::generate()
     ));
-    let mut child = Command::new(CHROMIUM)
+    let mut command = Command::new(CHROMIUM);
+    if let Some(home) = home {
+        command.env("HOME", home);
+    }
+    let mut child = command
         .args([
             "--headless",
             "--no-sandbox",
@@ -160,6 +172,43 @@ fn dump_dom(url: &str) -> String {
     dom
 }
 
+/// A `$HOME` whose NSS database (`.pki/nssdb`, where Chromium on Linux looks) trusts the CA
+/// of `ca` for servers, as `certutil` sets it up on a user's machine.
+fn home_trusting(ca: &Path, home: &Path) {
+    let db = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&db).expect("nssdb folder");
+    let db = format!("sql:{}", db.display());
+    let certutil = |args: &[&str]| {
+        let out = Command::new("certutil")
+            .args(args)
+            .output()
+            .expect("run certutil");
+        assert!(out.status.success(), "certutil {args:?}: {out:?}");
+    };
+    certutil(&["-d", &db, "-N", "--empty-password"]);
+    let ca = ca.to_str().expect("utf-8 path");
+    certutil(&[
+        "-d",
+        &db,
+        "-A",
+        "-t",
+        "C,,",
+        "-n",
+        "permit-stats test CA",
+        "-i",
+        ca,
+    ]);
+}
+
+fn certutil_available() -> bool {
+    Command::new("certutil")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vendors_xmlhttprequest_example_works_from_another_origin_in_chromium() {
     if !chromium_available() {
@@ -172,7 +221,33 @@ async fn the_vendors_xmlhttprequest_example_works_from_another_origin_in_chromiu
     let api = server::serve(server::fixture(true).state, Limits::default()).await;
     // The page comes from another origin: another host name and another port.
     let api_origin = format!("http://127.0.0.1:{}", api.addr.port());
-    let html = page(&api_origin);
+    run_the_example(&api_origin, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vendors_example_works_over_https_with_a_certificate_chromium_trusts() {
+    if !chromium_available() || !certutil_available() {
+        skip_unless_ci(
+            "the HTTPS real-browser test (chromium or certutil is not installed)",
+            "install them: apt-get install chromium chromium-driver libnss3-tools",
+        );
+        return;
+    }
+    let (pki, _) = Pki::new();
+    let tls = Tls::load(&pki.files).expect("the test pair loads");
+    let api = server::serve_tls(server::fixture(true).state, Limits::default(), tls).await;
+    let home = pki.dir.0.join("home");
+    home_trusting(&pki.ca_file(), &home);
+    // Another origin again (an HTTP page calling an HTTPS API), by IP: the certificate names
+    // 127.0.0.1 too.
+    let api_origin = format!("https://127.0.0.1:{}", api.addr.port());
+    run_the_example(&api_origin, Some(&home)).await;
+}
+
+/// Serves the page from another origin, runs it in Chromium against the API at `api_origin`,
+/// and checks what the page shows.
+async fn run_the_example(api_origin: &str, home: Option<&Path>) {
+    let html = page(api_origin);
     let pages = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind the page server");
@@ -183,7 +258,8 @@ async fn the_vendors_xmlhttprequest_example_works_from_another_origin_in_chromiu
     });
 
     let url = format!("http://localhost:{page_port}/");
-    let dom = tokio::task::spawn_blocking(move || dump_dom(&url))
+    let home = home.map(Path::to_path_buf);
+    let dom = tokio::task::spawn_blocking(move || dump_dom(&url, home.as_deref()))
         .await
         .expect("chromium ran");
     page_server.abort();

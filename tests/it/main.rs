@@ -11,6 +11,8 @@
 //! - `browser`: the vendor's `XMLHttpRequest` example in headless Chromium (skips without it).
 //! - `projection_model`: the projection against the reference model, property-tested.
 //! - `token_reload`: token files reloaded by the running binary, and no token ever logged.
+//! - `https`: the API over TLS (a test CA), ALPN, handshake limits, certificate reload (the
+//!   binary with `--demo` and its embedded broker for the SIGHUP and start-up ones).
 //! - `metrics`: `/metrics` of the running binary, with `promtool` (skips without it).
 //! - `logs`: the binary's JSON logs.
 //! - `deploy`: docker-compose.yml and the Grafana dashboard agree with the binary.
@@ -35,6 +37,7 @@ mod faults;
 mod fuzz_http;
 mod http_api;
 mod http_limits;
+mod https;
 mod kafka_e2e;
 mod kafka_security;
 mod logs;

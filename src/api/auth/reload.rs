@@ -1,82 +1,48 @@
-//! The reload of the token file on SIGHUP or when it changes on disk.
+//! The reload of the token file on SIGHUP or when it changes on disk, through the API's one
+//! reload mechanism (`api/reload.rs`).
 //!
 //! [`spawn_reload`] re-reads the file on SIGHUP and when a poll (every second by default) sees its
 //! size, modification time or inode change. The new set is built aside and swapped in whole through the
 //! `ArcSwap`, so a request sees the old set or the new one, never a mix; a file that does not
-//! parse keeps the old set and says why in the log. Polling was chosen over inotify (the
-//! `notify` crate): one `stat` a second costs nothing, and it also sees what inotify on the
-//! file misses: an editor or a Kubernetes ConfigMap replacing the file by a rename or a symlink
-//! swap, and files on network filesystems.
+//! parse keeps the old set and says why in the log.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{TokenFileError, Tokens};
-
-/// What the token file looked like on disk when it was last read; a change of any part means
-/// it was written or replaced since.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    modified: Option<SystemTime>,
-    device: u64,
-    inode: u64,
-}
-
-impl FileStamp {
-    /// The file's stamp; `None` when it cannot be read (missing, no permission).
-    fn of(path: &Path) -> Option<Self> {
-        // `metadata` follows symlinks, so a swapped link target counts as a change.
-        let meta = std::fs::metadata(path).ok()?;
-        #[cfg(unix)]
-        let (device, inode) = {
-            use std::os::unix::fs::MetadataExt as _;
-            (meta.dev(), meta.ino())
-        };
-        #[cfg(not(unix))]
-        let (device, inode) = (0, 0);
-        Some(Self {
-            len: meta.len(),
-            modified: meta.modified().ok(),
-            device,
-            inode,
-        })
-    }
-}
+use crate::api::reload::{self, Reload, Stamps};
 
 /// Keeps a shared token set in step with the token file.
 #[derive(Debug)]
 pub struct Reloader {
     path: PathBuf,
     tokens: Arc<ArcSwap<Tokens>>,
-    seen: Option<FileStamp>,
+    stamps: Stamps,
 }
 
 impl Reloader {
     /// Watches `path`, whose contents `tokens` holds now.
     pub fn new(path: PathBuf, tokens: Arc<ArcSwap<Tokens>>) -> Self {
-        let seen = FileStamp::of(&path);
-        Self { path, tokens, seen }
+        let stamps = Stamps::new(vec![path.clone()]);
+        Self {
+            path,
+            tokens,
+            stamps,
+        }
     }
 
     /// Whether the file looks different on disk from when it was last read.
     pub fn changed(&self) -> bool {
-        FileStamp::of(&self.path) != self.seen
+        self.stamps.changed()
     }
 
     /// Reads the file again and swaps the new set in whole, keeping the in-memory tokens; on an
     /// error the current set stays. Returns the number of tokens now accepted.
     pub fn reload(&mut self) -> Result<usize, TokenFileError> {
-        // The stamp is taken before reading, so that a write landing during the read is seen
-        // as a change by the next poll and read again.
-        self.seen = FileStamp::of(&self.path);
+        self.stamps.mark();
         let mut fresh = Tokens::load(&self.path)?;
         // Only this reloader stores into `tokens`, so nothing can slip in between this load
         // and the store below.
@@ -84,6 +50,14 @@ impl Reloader {
         let count = fresh.len();
         self.tokens.store(Arc::new(fresh));
         Ok(count)
+    }
+}
+
+impl Reload for Reloader {
+    const WHAT: &'static str = "token file";
+
+    fn changed(&self) -> bool {
+        Reloader::changed(self)
     }
 
     fn reload_and_log(&mut self, trigger: &'static str) {
@@ -109,51 +83,7 @@ pub fn spawn_reload(
     poll: Option<Duration>,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let mut reloader = path.map(|path| Reloader::new(path, tokens));
-    #[cfg(unix)]
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(e) => {
-            warn!("cannot listen for SIGHUP; the token file reloads only on change: {e}");
-            None
-        }
-    };
-    let mut ticks = poll.filter(|_| reloader.is_some()).map(|every| {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks
-    });
-    tokio::spawn(async move {
-        loop {
-            #[cfg(unix)]
-            let hangup_received = async {
-                match &mut hangup {
-                    Some(signal) => signal.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let hangup_received = std::future::pending::<Option<()>>();
-            let tick = async {
-                match &mut ticks {
-                    Some(ticks) => ticks.tick().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                Some(()) = hangup_received => match &mut reloader {
-                    Some(reloader) => reloader.reload_and_log("SIGHUP"),
-                    None => info!("SIGHUP: no token file to reload"),
-                },
-                _ = tick => {
-                    if let Some(reloader) = reloader.as_mut().filter(|r| r.changed()) {
-                        reloader.reload_and_log("file changed");
-                    }
-                }
-            }
-        }
-    })
+    reload::spawn(path.map(|path| Reloader::new(path, tokens)), poll, cancel)
 }
 
 #[cfg(test)]

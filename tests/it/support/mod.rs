@@ -8,6 +8,7 @@
 //! - [`service`]: the launcher of the real binary.
 //! - [`client`]: HTTP against a running binary, and the wait for its exact answers.
 //! - [`prometheus`]: the text exposition format read the way Prometheus reads it, and `promtool`.
+//! - [`tls`]: a test CA, server certificates, and clients that trust that CA alone.
 //!
 //! Here, next to them: the one "skip unless CI" gate, the one free-port helper, unique names and
 //! temporary folders.
@@ -18,6 +19,7 @@ pub mod model;
 pub mod prometheus;
 pub mod server;
 pub mod service;
+pub mod tls;
 pub mod workload;
 
 use std::{fs, net::TcpListener, path::PathBuf};

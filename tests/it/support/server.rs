@@ -1,5 +1,5 @@
 //! The fixture the HTTP tests share: the real router and the real server ([`api::serve`], with
-//! its limits) on a loopback port, in front of a projection filled directly, so that no broker
+//! its limits; [`api::serve_tls`] for HTTPS) on a loopback port, in front of a projection filled directly, so that no broker
 //! is needed and what the tests claim is the HTTP behaviour. Also the raw-socket side of it:
 //! reading an answer off a connection, and the bytes of a stats request.
 //!
@@ -13,7 +13,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use permit_stats::{
-    api::{self, AppState, Limits, RateLimit, auth::Tokens},
+    api::{self, AppState, Limits, RateLimit, auth::Tokens, tls::Tls},
     events::{Change, PermitEvent},
     projection::Projection,
     status::IngestStatus,
@@ -149,14 +149,20 @@ pub fn sha256_hex(token: &str) -> String {
 pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Server {
-    /// `http://<addr><path>`.
+    /// `http://<addr><path>`, or `https://localhost:<port><path>` over TLS (the name the
+    /// test certificates are for).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        match self.scheme {
+            "https" => format!("https://localhost:{}{path}", self.addr.port()),
+            _ => format!("http://{}{path}", self.addr),
+        }
     }
 
     /// Starts the graceful shutdown (SIGTERM's path in the binary); the returned task ends when
@@ -184,6 +190,24 @@ pub async fn serve(state: AppState, limits: Limits) -> Server {
     let task = tokio::spawn(api::serve(listener, router, limits, stop.clone()));
     Server {
         addr,
+        scheme: "http",
+        stop,
+        task: Some(task),
+    }
+}
+
+/// [`serve`] over HTTPS ([`api::serve_tls`]) with the certificate `tls` presents.
+pub async fn serve_tls(state: AppState, limits: Limits, tls: Tls) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind port 0");
+    let addr = listener.local_addr().expect("bound address");
+    let stop = CancellationToken::new();
+    let router = api::router_with(state, &limits);
+    let task = tokio::spawn(api::serve_tls(listener, router, limits, tls, stop.clone()));
+    Server {
+        addr,
+        scheme: "https",
         stop,
         task: Some(task),
     }
