@@ -227,7 +227,7 @@ pub struct RawAnswer {
 /// Reads one answer (head, then `Content-Length` bytes of body) within `within`; `None` when the
 /// connection closed or the deadline passed before a whole answer arrived.
 pub async fn read_answer(
-    stream: &mut tokio::net::TcpStream,
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
     within: std::time::Duration,
 ) -> Option<RawAnswer> {
     use tokio::io::AsyncReadExt as _;

@@ -193,28 +193,8 @@ pub async fn request_over(
     stream: &mut TlsStream<TcpStream>,
     request: &str,
 ) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
     stream.write_all(request.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|line| line.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + length {
-                let status = head.get(9..12)?.parse().ok()?;
-                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).into_owned();
-                return Some((status, body));
-            }
-        }
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-            _ => return None,
-        }
-    }
+    let answer = super::server::read_answer(stream, Duration::from_secs(10)).await?;
+    Some((answer.status, answer.body))
 }
