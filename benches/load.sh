@@ -4,11 +4,14 @@
 #   benches/load.sh [http] [replay] [memory] [freshness]     (no argument: all four)
 #
 # Each section measures the service against a baseline taken in the same run, on this machine:
-#   http       wrk drives the stats request (all rows, and the vendor's two-zone filter) and the same
-#              server's GET /health/live, alternating, ROUNDS times; then again while `produce`
-#              streams events into the topic the server consumes (ingest running); then, when `oha`
-#              is on the PATH, the stats request and /health/live at fixed rates (half and a third of
-#              the measured stats rate) for p99.
+#   http       wrk drives the stats request (all rows, and the vendor's two-zone filter), the same
+#              server's GET /health/live, and nginx answering the same POST with the exact bytes the
+#              service just answered (Debian's nginx-light, its own config in target/load/nginx:
+#              worker_processes 2, access_log off, `return 200 '<body>'`), alternating, ROUNDS times;
+#              the headline is stats/nginx. Then again while `produce` streams events into the topic
+#              the server consumes (ingest running); then, when `oha` is on the PATH, the stats
+#              request and /health/live at fixed rates (half and a third of the measured stats rate)
+#              for p99. Without nginx (apt-get install nginx-light) the nginx rows are skipped.
 #   replay     EVENTS records (default 10M) in a 4-partition topic; alternately replayed by a bare
 #              rdkafka BaseConsumer that only counts them (benches/e2e.rs `bare`) and by
 #              `permit-stats serve` (until /health/ready); records/s of both, and the ratio. With
@@ -19,8 +22,13 @@
 #
 # A real Apache Kafka broker is started with scripts/kafka.sh unless KAFKA_BOOTSTRAP is set.
 # Knobs (environment): EVENTS=10000000 ROUNDS=3 REPLAY_ROUNDS=3 DURATION=10 CONNECTIONS=64 THREADS=1
-# INGEST_RATE=20000 FRESH_RATE=1000 FRESH_SECONDS=10 MIMALLOC_SO. Results: a table on stdout and in
-# target/load/results.md; raw tool output in target/load/.
+# INGEST_RATE=20000 FRESH_RATE=1000 FRESH_SECONDS=10 MIMALLOC_SO NGINX (the nginx binary; default
+# nginx on the PATH, else /usr/sbin/nginx). Results: a table on stdout and in target/load/results.md;
+# raw tool output in target/load/.
+#
+# Regression gate: MIN_NGINX_RATIO=0.6 benches/load.sh http exits 1 (after printing its tables) when
+# the median over the http rounds of (stats requests/s / nginx requests/s) is below 0.6; with
+# MIN_NGINX_RATIO set, a missing nginx is an error instead of a skip. Unset: no gate.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,6 +42,8 @@ INGEST_RATE=${INGEST_RATE:-20000}
 FRESH_RATE=${FRESH_RATE:-1000}
 FRESH_SECONDS=${FRESH_SECONDS:-10}
 REPLAY_ROUNDS=${REPLAY_ROUNDS:-3}
+MIN_NGINX_RATIO=${MIN_NGINX_RATIO:-}
+NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 # The service links mimalloc, which also takes librdkafka's malloc. When Debian's libmimalloc2.0 is
 # installed, the replay section also runs the bare consumer with it preloaded, as a second baseline.
 MIMALLOC_SO=${MIMALLOC_SO:-/usr/lib/x86_64-linux-gnu/libmimalloc.so.2}
@@ -52,6 +62,22 @@ result() { printf '%s\n' "$*" | tee -a "$RESULTS"; }
 
 command -v wrk >/dev/null || [[ ! " ${sections[*]} " =~ " http " ]] \
   || die "wrk not found (apt-get install wrk)"
+if [[ -n $MIN_NGINX_RATIO ]]; then
+  python3 -c 'import sys; float(sys.argv[1])' "$MIN_NGINX_RATIO" 2>/dev/null \
+    || die "MIN_NGINX_RATIO=$MIN_NGINX_RATIO is not a number"
+  [[ " ${sections[*]} " =~ " http " ]] || die "MIN_NGINX_RATIO needs the http section"
+fi
+HAVE_NGINX=0
+if [[ " ${sections[*]} " =~ " http " ]]; then
+  if [[ -x $NGINX ]]; then
+    HAVE_NGINX=1
+  elif [[ -n $MIN_NGINX_RATIO ]]; then
+    die "nginx not found at $NGINX (apt-get install nginx-light), needed by MIN_NGINX_RATIO"
+  else
+    log "nginx not found at $NGINX (apt-get install nginx-light): the nginx baseline rows are skipped"
+  fi
+fi
+GATE_FAILED=0
 
 log "building (release)"
 cargo build --release --bin permit-stats >&2
@@ -59,9 +85,11 @@ cargo bench --bench e2e --no-run >&2
 e2e() { cargo bench -q --bench e2e -- "$@" 2>/dev/null | grep '^{'; }
 
 SERVER_PID=""
+NGINX_PID=""
 OWN_KAFKA=0
 cleanup() {
   [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+  [[ -n $NGINX_PID ]] && kill "$NGINX_PID" 2>/dev/null && wait "$NGINX_PID" 2>/dev/null
   [[ -n ${PRODUCER_PID:-} ]] && kill "$PRODUCER_PID" 2>/dev/null
   if [[ $OWN_KAFKA == 1 ]]; then scripts/kafka.sh stop "$KAFKA_RUN_DIR" >&2 || true; fi
 }
@@ -146,6 +174,69 @@ wrk.body = '{"apiToken":"$2"$3}'
 EOF
 }
 
+# start_nginx BODY_FILE URL_PATH: nginx (own config, pid file, temp paths and error log in
+# $OUT/nginx) on a free port, answering every request with the bytes of BODY_FILE as
+# application/json via `return 200 '...'` (a POST to a static file gets 405); sets NGINX_PID and
+# NGINX_URL (URL_PATH on it); checks that a POST answers exactly those bytes.
+start_nginx() {
+  local body=$1 path=$2 dir=$OUT/nginx port
+  rm -rf "$dir" && mkdir -p "$dir"
+  port=$(free_port)
+  local temps="" m version
+  version=$("$NGINX" -V 2>&1)
+  for m in client_body proxy fastcgi uwsgi scgi; do
+    [[ $m == client_body || $version != *"--without-http_${m}_module"* ]] || continue
+    temps+="  ${m}_temp_path $dir/tmp-$m;"$'\n'
+  done
+  # nginx's quoted strings: \\ and \' are escapes; '$name' would be a variable, so a literal $
+  # goes through ${dollar}, a geo variable that is always "$".
+  python3 - "$body" "$dir/return.conf" <<'EOF'
+import sys
+b = open(sys.argv[1], "rb").read()
+b = b.replace(b"\\", b"\\\\").replace(b"'", b"\\'").replace(b"$", b"${dollar}")
+open(sys.argv[2], "wb").write(b"return 200 '" + b + b"';\n")
+EOF
+  cat >"$dir/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 2;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+$temps  geo \$dollar { default "\$"; }
+  server {
+    listen 127.0.0.1:$port;
+    location / {
+      default_type application/json;
+      include $dir/return.conf;
+    }
+  }
+}
+EOF
+  "$NGINX" -t -q -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" >&2 2>&1 \
+    || die "nginx rejected $dir/nginx.conf (see $dir/error.log)"
+  "$NGINX" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" >"$dir/nginx.out" 2>&1 &
+  NGINX_PID=$!
+  NGINX_URL="http://127.0.0.1:$port$path"
+  local tries=0
+  until curl -sf -o /dev/null "http://127.0.0.1:$port/"; do
+    kill -0 "$NGINX_PID" 2>/dev/null || { cat "$dir/error.log" >&2; die "nginx exited"; }
+    ((++tries < 100)) || die "nginx not answering on port $port"
+    sleep 0.1
+  done
+}
+
+stop_nginx() {
+  [[ -n $NGINX_PID ]] || return 0
+  kill "$NGINX_PID" 2>/dev/null || true
+  wait "$NGINX_PID" 2>/dev/null || true
+  NGINX_PID=""
+}
+
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 section_http() {
@@ -157,30 +248,45 @@ section_http() {
   lua_post "$OUT/stats.lua" "$token" ''
   lua_post "$OUT/stats2.lua" "$token" ',"zones":"Lot 01,Lot 02"'
   local stats_url="http://$ADDR/api/OC-TOMA/v1/permits/stats" live_url="http://$ADDR/health/live"
-  curl -sf -X POST -d "{\"apiToken\":\"$token\"}" "$stats_url" >"$OUT/stats-body.json"
+  # The POST wrk sends (stats.lua), so that nginx serves the very bytes of this answer.
+  curl -sf -X POST -H 'Content-Type: application/json' -H 'Accept: application/json' \
+    -d "{\"apiToken\":\"$token\"}" "$stats_url" >"$OUT/stats-body.json"
   log "http: stats body $(wc -c <"$OUT/stats-body.json") bytes; ${ROUNDS} rounds of ${DURATION}s"
+  local targets=(live stats stats2) nginx_url=""
+  if [[ $HAVE_NGINX == 1 ]]; then
+    start_nginx "$OUT/stats-body.json" /api/OC-TOMA/v1/permits/stats
+    nginx_url=$NGINX_URL
+    curl -sf -X POST -H 'Content-Type: application/json' -H 'Accept: application/json' \
+      -d "{\"apiToken\":\"$token\"}" "$nginx_url" >"$OUT/nginx-body.json"
+    cmp -s "$OUT/stats-body.json" "$OUT/nginx-body.json" \
+      || die "nginx does not answer the service's bytes (see $OUT/nginx-body.json)"
+    log "http: $("$NGINX" -v 2>&1) on $nginx_url answers the same $(wc -c <"$OUT/nginx-body.json") bytes"
+    targets+=(nginx)
+  fi
   : >"$OUT/http.txt"
   for round in $(seq "$ROUNDS"); do
-    for target in live stats stats2; do
+    for target in "${targets[@]}"; do
       case $target in
         live) line=$(wrk_run "live-$round" "$live_url") ;;
         stats) line=$(wrk_run "stats-$round" "$stats_url" "$OUT/stats.lua") ;;
         stats2) line=$(wrk_run "stats2-$round" "$stats_url" "$OUT/stats2.lua") ;;
+        nginx) line=$(wrk_run "nginx-$round" "$nginx_url" "$OUT/stats.lua") ;;
       esac
       echo "$target $line" | tee -a "$OUT/http.txt" >&2
     done
   done
   log "http: again while produce streams $INGEST_RATE events/s into the topic"
-  local ingest_events=$((INGEST_RATE * (DURATION * 3 + 10)))
+  local ingest_events=$((INGEST_RATE * (DURATION * ${#targets[@]} + 10)))
   "$BIN" produce --brokers "$KAFKA_BOOTSTRAP" --topic "$topic" --events "$ingest_events" \
     --rate "$INGEST_RATE" --permits 50000 --zones 20 --seed 7 2>>"$OUT/produce.log" &
   PRODUCER_PID=$!
   sleep 2
-  for target in live stats stats2; do
+  for target in "${targets[@]}"; do
     case $target in
       live) line=$(wrk_run "ingest-live" "$live_url") ;;
       stats) line=$(wrk_run "ingest-stats" "$stats_url" "$OUT/stats.lua") ;;
       stats2) line=$(wrk_run "ingest-stats2" "$stats_url" "$OUT/stats2.lua") ;;
+      nginx) line=$(wrk_run "ingest-nginx" "$nginx_url" "$OUT/stats.lua") ;;
     esac
     echo "ingest-$target $line" | tee -a "$OUT/http.txt" >&2
   done
@@ -192,12 +298,15 @@ section_http() {
 
   result "### HTTP (wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, loopback; median of $ROUNDS rounds; $(uptime | sed 's/.*load average/load average/'))"
   result ""
-  result "| request | requests/s | vs /health/live | p50 ms | p99 ms |"
-  result "|---|---|---|---|---|"
+  local nginx_col="" nginx_sep=""
+  if [[ $HAVE_NGINX == 1 ]]; then nginx_col=" vs nginx |" nginx_sep="---|"; fi
+  result "| request | requests/s |$nginx_col vs /health/live | p50 ms | p99 ms |"
+  result "|---|---|$nginx_sep---|---|---|"
   for prefix in "" "ingest-"; do
-    local live_rps
+    local live_rps nginx_rps=""
     live_rps=$(awk -v t="${prefix}live" '$1==t {print $2}' "$OUT/http.txt" | median)
-    for target in live stats stats2; do
+    [[ $HAVE_NGINX == 1 ]] && nginx_rps=$(awk -v t="${prefix}nginx" '$1==t {print $2}' "$OUT/http.txt" | median)
+    for target in "${targets[@]}"; do
       local rps p50 p99 label
       rps=$(awk -v t="$prefix$target" '$1==t {print $2}' "$OUT/http.txt" | median)
       p50=$(awk -v t="$prefix$target" '$1==t {print $3}' "$OUT/http.txt" | median)
@@ -206,13 +315,38 @@ section_http() {
         live) label="GET /health/live (baseline)" ;;
         stats) label="stats, all $(python3 -c "import json; print(len(json.load(open('$OUT/stats-body.json'))['data']))") rows" ;;
         stats2) label="stats, zones \"Lot 01,Lot 02\"" ;;
+        nginx) label="nginx $("$NGINX" -v 2>&1 | sed 's|.*nginx/||'), same POST, the all-rows bytes inline (baseline)" ;;
       esac
       [[ -n $prefix ]] && label="$label, ingest at $INGEST_RATE/s"
-      result "| $label | $rps | $(python3 -c "print(f'{$rps/$live_rps:.2f}x')") | $p50 | $p99 |"
+      local vs_nginx=""
+      [[ -n $nginx_rps ]] && vs_nginx=" $(python3 -c "print(f'{$rps/$nginx_rps:.2f}x')") |"
+      result "| $label | $rps |$vs_nginx $(python3 -c "print(f'{$rps/$live_rps:.2f}x')") | $p50 | $p99 |"
     done
   done
   result ""
   result "Consumer lag after the ingest rounds: $lag records."
+  if [[ $HAVE_NGINX == 1 ]]; then
+    # The headline and the gate: stats/nginx within each round (the two ran back to back), median.
+    local ratios median_ratio
+    ratios=$(for round in $(seq "$ROUNDS"); do
+      python3 -c 'import sys; print(f"{float(sys.argv[1]) / float(sys.argv[2]):.3f}")' \
+        "$(awk '$1=="stats" {print $2}' "$OUT/http.txt" | sed -n "${round}p")" \
+        "$(awk '$1=="nginx" {print $2}' "$OUT/http.txt" | sed -n "${round}p")"
+    done)
+    median_ratio=$(median <<<"$ratios")
+    result ""
+    result "Stats request / nginx serving its bytes: **$(printf '%.2f' "$median_ratio")x** (median of the" \
+      "per-round ratios $(paste -sd ' ' - <<<"$ratios"))."
+    if [[ -n $MIN_NGINX_RATIO ]]; then
+      if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) < float(sys.argv[2]) else 1)' \
+        "$median_ratio" "$MIN_NGINX_RATIO"; then
+        log "gate: stats/nginx $median_ratio is below MIN_NGINX_RATIO=$MIN_NGINX_RATIO"
+        GATE_FAILED=1
+      else
+        log "gate: stats/nginx $median_ratio >= MIN_NGINX_RATIO=$MIN_NGINX_RATIO"
+      fi
+    fi
+  fi
 
   if command -v oha >/dev/null; then
     local stats_rps half
@@ -247,6 +381,7 @@ EOF
     done
   fi
   result ""
+  stop_nginx
   stop_server
 }
 
@@ -342,3 +477,4 @@ for section in "${sections[@]}"; do
   esac
 done
 log "results in $RESULTS"
+if [[ $GATE_FAILED == 1 ]]; then die "regression gate: median stats/nginx below MIN_NGINX_RATIO=$MIN_NGINX_RATIO"; fi
