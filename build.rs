@@ -4,10 +4,13 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "proto/opscom/permits/v1/events.proto";
+    let protos = [
+        "proto/opscom/permits/v1/events.proto",
+        "proto/permit_stats/checkpoint/v1/checkpoint.proto",
+    ];
     println!("cargo:rerun-if-changed=proto");
 
-    let descriptors = protox::compile([proto], ["proto"])?;
+    let descriptors = protox::compile(protos, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     let descriptor_path = out.join("descriptors.bin");
     fs::write(

@@ -24,6 +24,10 @@ use std::{collections::BTreeMap, fmt, fs, path::Path};
 
 use rdkafka::{ClientConfig, error::KafkaError, error::RDKafkaErrorCode};
 
+mod marks;
+
+pub use marks::{PartitionMark, RecordMark};
+
 /// The librdkafka key of the bootstrap servers (`metadata.broker.list` is its alias).
 const BOOTSTRAP: &str = "bootstrap.servers";
 

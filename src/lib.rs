@@ -50,6 +50,7 @@
 
 pub mod api;
 mod app;
+pub mod checkpoint;
 pub mod config;
 pub mod events;
 pub mod ingest;

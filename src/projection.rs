@@ -26,6 +26,8 @@
 //! - `projection/rules.rs`: the write side and the five rules: the apply loop, one event's step,
 //!   publishing the changed clients.
 //! - `projection/view.rs`: [`ClientView`], the ready-encoded answer per client, and its layout.
+//! - `projection/snapshot.rs`: the whole state as canonical data ([`Snapshot`]), for checkpoints:
+//!   copied under the write lock, sorted off it, restored whole.
 //! - `projection/table.rs`: the permit table (canonical-UUID ids to their 12-byte state).
 //! - `projection/uuid.rs`: the canonical UUID parse (SSE2, and word at a time elsewhere).
 //! - `projection/names.rs`: interned names, the counters they key, the short-name compare.
@@ -42,11 +44,13 @@ use crate::events::{EventRef, PermitEvent};
 
 mod names;
 mod rules;
+mod snapshot;
 mod table;
 mod uuid;
 mod view;
 
 use rules::Writer;
+pub use snapshot::{ClientSnapshot, CounterName, Snapshot, SnapshotError, StateCopy, TextPermit};
 pub use view::ClientView;
 
 type Hasher = foldhash::fast::RandomState;

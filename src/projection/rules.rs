@@ -22,30 +22,30 @@ use crate::events::{Change, EventRef};
 
 /// One client's permits: UUID ids compacted, any other id as text.
 #[derive(Default)]
-struct ClientPermits {
-    uuids: UuidTable,
-    texts: FastMap<Box<str>, PermitState>,
+pub(super) struct ClientPermits {
+    pub(super) uuids: UuidTable,
+    pub(super) texts: FastMap<Box<str>, PermitState>,
 }
 
 /// One client's counters and publishing state.
 #[derive(Default)]
-struct ClientState {
+pub(super) struct ClientState {
     /// This client's counters, in creation order.
-    counters: Vec<CounterId>,
+    pub(super) counters: Vec<CounterId>,
     /// The answer order of `counters`; `None` after a counter was added, until the next publish.
     layout: Option<Arc<Layout>>,
-    as_of_ms: Option<i64>,
+    pub(super) as_of_ms: Option<i64>,
     dirty: bool,
 }
 
 /// Everything an event may change besides its permit's own slot.
 #[derive(Default)]
-struct Tables {
-    clients: Interner,
-    zones: Interner,
-    types: Interner,
-    states: Vec<ClientState>,
-    counters: Vec<Counter>,
+pub(super) struct Tables {
+    pub(super) clients: Interner,
+    pub(super) zones: Interner,
+    pub(super) types: Interner,
+    pub(super) states: Vec<ClientState>,
+    pub(super) counters: Vec<Counter>,
     counter_ids: FastMap<(ClientId, NameId, NameId), CounterId>,
     /// The same counters, found by the names themselves (see `named_counter`); a counter enters
     /// here the first time a create looks it up by name.
@@ -59,9 +59,9 @@ struct Tables {
 /// The write side: every client's permits and the tables they count into.
 #[derive(Default)]
 pub(super) struct Writer {
-    tables: Tables,
+    pub(super) tables: Tables,
     /// Per client, indexed like `tables.states`.
-    permits: Vec<ClientPermits>,
+    pub(super) permits: Vec<ClientPermits>,
 }
 
 /// What an event does to its permit's slot.
@@ -204,7 +204,7 @@ impl Writer {
 }
 
 impl Tables {
-    fn client(&mut self, name: &str) -> ClientId {
+    pub(super) fn client(&mut self, name: &str) -> ClientId {
         if let Some(last) = self.last_client
             && same_text(self.clients.name(last), name)
         {
@@ -218,7 +218,12 @@ impl Tables {
         id
     }
 
-    fn counter(&mut self, client: ClientId, zone: NameId, permit_type: NameId) -> CounterId {
+    pub(super) fn counter(
+        &mut self,
+        client: ClientId,
+        zone: NameId,
+        permit_type: NameId,
+    ) -> CounterId {
         let counters = &mut self.counters;
         let states = &mut self.states;
         *self
@@ -272,7 +277,7 @@ impl Tables {
         id
     }
 
-    fn mark_dirty(&mut self, client: ClientId) {
+    pub(super) fn mark_dirty(&mut self, client: ClientId) {
         let state = &mut self.states[client as usize];
         if !state.dirty {
             state.dirty = true;

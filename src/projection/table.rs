@@ -105,7 +105,8 @@ pub(super) enum Probe {
     Absent(usize),
 }
 
-#[derive(Default)]
+/// Cloned whole (one copy of the slot array) when a checkpoint is cut: see `snapshot.rs`.
+#[derive(Default, Clone)]
 pub(super) struct UuidTable {
     /// A power of two in length, or empty before the first insert.
     slots: Vec<Slot>,
@@ -215,6 +216,26 @@ impl UuidTable {
         }
         self.slots[at] = [0; 7];
         self.len -= 1;
+    }
+
+    /// Every stored permit, in slot order.
+    pub(super) fn entries(&self) -> impl Iterator<Item = (Uuid, PermitState)> + '_ {
+        self.slots
+            .iter()
+            .filter(|slot| !is_empty(slot))
+            .map(|slot| (key_of(slot), state_of(slot)))
+    }
+
+    /// Stores a key known to be absent; false when it is already there.
+    pub(super) fn insert_new(&mut self, key: Uuid, state: PermitState) -> bool {
+        let key = self.hashed(key);
+        match self.probe(key) {
+            Probe::Found(_) => false,
+            Probe::Absent(at) => {
+                self.insert(at, key, state);
+                true
+            }
+        }
     }
 
     fn grow(&mut self) {

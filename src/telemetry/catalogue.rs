@@ -44,6 +44,18 @@ pub const DEAD_LETTERED: &str = "permit_stats_dead_letter_records_total";
 pub const DEAD_LETTER_FAILURES: &str = "permit_stats_dead_letter_failures_total";
 /// Unix time ingest last heard from the broker (a record, or a metadata answer).
 pub const BROKER_LAST_CONTACT: &str = "permit_stats_broker_last_contact_timestamp_seconds";
+/// Records a partition lost before the state saw them (deleted by the topic's retention).
+pub const HISTORY_MISSING: &str = "permit_stats_history_missing_records";
+/// Unix time of the last checkpoint written.
+pub const CHECKPOINT_LAST_SUCCESS: &str = "permit_stats_checkpoint_last_success_timestamp_seconds";
+/// Time the last checkpoint took to encode and write.
+pub const CHECKPOINT_DURATION: &str = "permit_stats_checkpoint_duration_seconds";
+/// Time ingest waited while the last checkpoint copied the state.
+pub const CHECKPOINT_PAUSE: &str = "permit_stats_checkpoint_ingest_pause_seconds";
+/// Size of the last checkpoint written.
+pub const CHECKPOINT_SIZE: &str = "permit_stats_checkpoint_size_bytes";
+/// Checkpoints that could not be written.
+pub const CHECKPOINT_FAILURES: &str = "permit_stats_checkpoint_failures_total";
 
 /// The `route` label of the HTTP metrics: a fixed name per route of the API's router, so that no
 /// client can grow the label set. The API maps each matched path to one of these; the recorder's
@@ -250,6 +262,42 @@ pub(super) const FAMILIES: &[Family] = &[
         kind: FamilyKind::Counter,
         help: "Bytes the consumer received from the brokers since it started",
         source: Source::Kafka,
+    },
+    Family {
+        name: HISTORY_MISSING,
+        kind: FamilyKind::Gauge,
+        help: "Records of a partition deleted before the state saw them (not ready unless --allow-missing-history)",
+        source: Source::Recorder,
+    },
+    Family {
+        name: CHECKPOINT_LAST_SUCCESS,
+        kind: FamilyKind::Gauge,
+        help: "Unix time the last checkpoint was written (0: none since start)",
+        source: Source::Recorder,
+    },
+    Family {
+        name: CHECKPOINT_DURATION,
+        kind: FamilyKind::Gauge,
+        help: "Seconds the last checkpoint took to encode and write",
+        source: Source::Recorder,
+    },
+    Family {
+        name: CHECKPOINT_PAUSE,
+        kind: FamilyKind::Gauge,
+        help: "Seconds ingest waited while the last checkpoint copied the state",
+        source: Source::Recorder,
+    },
+    Family {
+        name: CHECKPOINT_SIZE,
+        kind: FamilyKind::Gauge,
+        help: "Bytes of the last checkpoint written",
+        source: Source::Recorder,
+    },
+    Family {
+        name: CHECKPOINT_FAILURES,
+        kind: FamilyKind::Counter,
+        help: "Checkpoints that could not be written",
+        source: Source::Recorder,
     },
 ];
 
