@@ -41,7 +41,8 @@ pub use error::ApiError;
 pub use limits::{Limits, RateLimit};
 pub use server::{MAX_HEAD_BYTES, serve, serve_tls};
 pub use stats::{
-    MAX_BODY, MAX_TOKEN_CHARS, MAX_ZONE_NAMES, MAX_ZONES_BYTES, X_STATS_AS_OF, X_STATS_LAG,
+    MAX_BODY, MAX_TOKEN_CHARS, MAX_ZONE_NAMES, MAX_ZONES_BYTES, X_STATS_AS_OF,
+    X_STATS_HISTORY_MISSING, X_STATS_LAG, zone_filter,
 };
 
 use crate::{projection::Projection, status::IngestStatus, telemetry::Metrics};
@@ -91,7 +92,12 @@ pub fn router_with(state: AppState, limits: &Limits) -> Router {
         .allow_origin(Any)
         .allow_methods([Method::POST, Method::GET, Method::OPTIONS])
         .allow_headers(AllowHeaders::mirror_request())
-        .expose_headers([X_STATS_AS_OF, X_STATS_LAG, header::RETRY_AFTER])
+        .expose_headers([
+            X_STATS_AS_OF,
+            X_STATS_LAG,
+            X_STATS_HISTORY_MISSING,
+            header::RETRY_AFTER,
+        ])
         .max_age(Duration::from_secs(600));
     Router::new()
         .route(

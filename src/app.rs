@@ -41,8 +41,15 @@ use crate::{
     telemetry,
 };
 
+mod history;
+
+pub(crate) use history::{checkpoint, replay};
+
 /// How long the consumer thread and the demo producer get to stop, beyond the grace period.
 const STOP_WAIT: Duration = Duration::from_secs(3);
+/// How long the last checkpoint, cut at shutdown, may take to be written, beyond the grace
+/// period.
+const CHECKPOINT_WAIT: Duration = Duration::from_secs(20);
 
 /// The client code of the demo's permits and token.
 const DEMO_CLIENT: &str = "OC-TOMA";
@@ -140,12 +147,34 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.topic
         );
     }
+    // History: the newest usable checkpoint, then only the records after it.
+    let checkpoints = match &args.checkpoint_store {
+        Some(location) => Some(history::open(location, &args.topic, args.checkpoint_keep)?),
+        None => None,
+    };
+    let start = match &checkpoints {
+        Some(checkpoints) => {
+            history::restore(checkpoints, &kafka, &args.topic, &projection, None).await
+        }
+        None => history::Start::default(),
+    };
+    let (sink, checkpoint_writer) = match checkpoints {
+        Some(checkpoints) => {
+            let every = Duration::from_secs(args.checkpoint_interval);
+            let (sink, writer) = history::spawn_writer(checkpoints, every);
+            (Some(sink), Some(writer))
+        }
+        None => (None, None),
+    };
     let mut ingest = ingest::spawn(
         IngestConfig {
-            kafka: kafka.clone(),
-            topic: args.topic.clone(),
             dead_letter_topic: args.dead_letter_topic.clone(),
             metadata_every: metadata_every(&args),
+            start: start.marks,
+            history_missing_before: start.history_missing,
+            allow_missing_history: args.allow_missing_history,
+            checkpoints: sink,
+            ..IngestConfig::new(kafka.clone(), args.topic.clone())
         },
         Arc::clone(&projection),
         Arc::clone(&status),
@@ -250,6 +279,18 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .is_err()
     {
         warn!("the ingest thread did not stop in time");
+    }
+    // Ingest cut the last checkpoint as it stopped; the writer ends once that one is written.
+    if let Some(mut writer) = checkpoint_writer
+        && tokio::time::timeout_at(
+            deadline.max(tokio::time::Instant::now()) + CHECKPOINT_WAIT,
+            &mut writer,
+        )
+        .await
+        .is_err()
+    {
+        warn!("the last checkpoint was not written in time");
+        writer.abort();
     }
     if let Some(demo) = demo {
         while !demo.is_finished() && tokio::time::Instant::now() < threads_deadline {

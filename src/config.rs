@@ -41,6 +41,10 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Issue a new API token for a client and print its token-file entry.
     Token(TokenArgs),
+    /// Catch up with the topic (from the newest checkpoint), write one checkpoint, exit.
+    Checkpoint(CheckpointArgs),
+    /// Print the stats of one client as they stood at a given time, rebuilt from the topic.
+    Replay(ReplayArgs),
 }
 
 /// `--log-format`: how log lines look.
@@ -149,6 +153,116 @@ pub struct ServeArgs {
           default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub metadata_interval: u64,
+
+    /// Where checkpoints are written and read: a directory, file:///..., s3://bucket/prefix,
+    /// gs://..., az://... (none: every start replays the whole topic)
+    #[arg(long, env = "PERMIT_STATS_CHECKPOINT_STORE")]
+    pub checkpoint_store: Option<String>,
+
+    /// Seconds between checkpoints (each written only if something changed)
+    #[arg(long, env = "PERMIT_STATS_CHECKPOINT_INTERVAL",
+          default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_interval: u64,
+
+    /// How many checkpoints to keep
+    #[arg(long, env = "PERMIT_STATS_CHECKPOINT_KEEP",
+          default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_keep: u64,
+
+    /// Serve even when records the state never saw were deleted by the topic; every answer then
+    /// carries X-Stats-History-Missing
+    #[arg(long, env = "PERMIT_STATS_ALLOW_MISSING_HISTORY")]
+    pub allow_missing_history: bool,
+}
+
+/// `permit-stats checkpoint`: catch up, write one checkpoint, exit.
+#[derive(Debug, Clone, Args)]
+pub struct CheckpointArgs {
+    /// Kafka bootstrap servers (or bootstrap.servers in --kafka-option or --kafka-config)
+    #[arg(long, env = "PERMIT_STATS_BROKERS")]
+    pub brokers: Option<String>,
+
+    /// librdkafka client settings (SASL, TLS, tuning)
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// The topic of the permit events
+    #[arg(long, env = "PERMIT_STATS_TOPIC", default_value = DEFAULT_TOPIC)]
+    pub topic: String,
+
+    /// Where checkpoints are written and read (as for serve)
+    #[arg(long, env = "PERMIT_STATS_CHECKPOINT_STORE")]
+    pub checkpoint_store: String,
+
+    /// How many checkpoints to keep
+    #[arg(long, env = "PERMIT_STATS_CHECKPOINT_KEEP",
+          default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_keep: u64,
+
+    /// Write one even when records the state never saw were deleted by the topic (the
+    /// checkpoint carries their count)
+    #[arg(long, env = "PERMIT_STATS_ALLOW_MISSING_HISTORY")]
+    pub allow_missing_history: bool,
+}
+
+/// `permit-stats replay --until`: the stats as they stood at a time.
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// Kafka bootstrap servers (or bootstrap.servers in --kafka-option or --kafka-config)
+    #[arg(long, env = "PERMIT_STATS_BROKERS")]
+    pub brokers: Option<String>,
+
+    /// librdkafka client settings (SASL, TLS, tuning)
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// The topic of the permit events
+    #[arg(long, env = "PERMIT_STATS_TOPIC", default_value = DEFAULT_TOPIC)]
+    pub topic: String,
+
+    /// RFC 3339 time (e.g. 2026-11-30T17:00:00Z): the records written up to it are applied, and
+    /// none after
+    #[arg(long, value_parser = parse_time)]
+    pub until: time::OffsetDateTime,
+
+    /// The client code
+    #[arg(long)]
+    pub client: String,
+
+    /// Comma-separated zone names, as in the stats request (default: every zone)
+    #[arg(long)]
+    pub zones: Option<String>,
+
+    /// How to print the stats: json (byte for byte the stats request's body), csv or table
+    #[arg(long, value_enum, default_value_t = ReplayFormat::Json)]
+    pub format: ReplayFormat,
+
+    /// Start from the newest checkpoint there that covers no record after --until
+    #[arg(long, env = "PERMIT_STATS_CHECKPOINT_STORE")]
+    pub checkpoint_store: Option<String>,
+
+    /// Print the stats even when records before --until were deleted by the topic
+    #[arg(long, env = "PERMIT_STATS_ALLOW_MISSING_HISTORY")]
+    pub allow_missing_history: bool,
+}
+
+/// `replay --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReplayFormat {
+    /// The stats request's body.
+    Json,
+    /// `type,zone,total` rows with a header line.
+    Csv,
+    /// Aligned columns, for a terminal.
+    Table,
+}
+
+fn parse_time(text: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("not an RFC 3339 time (e.g. 2026-11-30T17:00:00Z): {e}"))
 }
 
 /// `--rate-limit`: `requests` per `period`, written `50/s`, `3000/min` or `100000/h` (also `/sec`,
@@ -396,6 +510,30 @@ mod tests {
         assert_eq!(args.listen, "127.0.0.1:8080".parse().expect("address"));
         assert_eq!(args.brokers, None);
         assert!(!args.demo);
+        // spec/operations.md, "History".
+        assert_eq!(args.checkpoint_store, None);
+        assert_eq!((args.checkpoint_interval, args.checkpoint_keep), (60, 3));
+        assert!(!args.allow_missing_history);
+    }
+
+    #[test]
+    fn replay_takes_an_rfc_3339_time_and_prints_json_by_default() {
+        let argv = [
+            "permit-stats",
+            "replay",
+            "--until",
+            "2026-11-30T17:00:00+01:00",
+            "--client",
+            "OC-TOMA",
+        ];
+        let Ok(Command::Replay(args)) = Cli::try_parse_from(argv).map(|cli| cli.command) else {
+            panic!("parses as replay");
+        };
+        assert_eq!(args.until.unix_timestamp(), 1_796_054_400);
+        assert_eq!(args.format, ReplayFormat::Json);
+        let mut bad = argv;
+        bad[3] = "yesterday";
+        assert!(Cli::try_parse_from(bad).is_err());
     }
 
     #[test]

@@ -49,12 +49,16 @@
 //! - `embedded.rs`: the in-process broker (librdkafka's mock cluster) for `serve` without
 //!   `--brokers`.
 
-use std::{sync::Arc, thread, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, thread, time::Duration};
 
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::{kafka::KafkaSettings, projection::Projection, status::IngestStatus};
+use crate::{
+    kafka::{KafkaSettings, PartitionMark},
+    projection::{Projection, StateCopy},
+    status::IngestStatus,
+};
 
 mod apply;
 mod consumer;
@@ -123,6 +127,56 @@ pub struct IngestConfig {
     pub dead_letter_topic: Option<String>,
     /// How often the topic's metadata is read again, to pick up added partitions.
     pub metadata_every: Duration,
+    /// Where the projection already stands (restored from a checkpoint): per partition, the
+    /// next offset to apply; a partition not listed is read from its beginning.
+    pub start: Vec<PartitionMark>,
+    /// Records the restored state had already missed (its checkpoint's count).
+    pub history_missing_before: u64,
+    /// Serve even when records the state never saw are gone (`--allow-missing-history`).
+    pub allow_missing_history: bool,
+    /// `replay --until`: per partition, the first offset not to apply. The replay target is
+    /// then these offsets, not the high watermarks.
+    pub until: Option<BTreeMap<i32, i64>>,
+    /// Where to hand checkpoint cuts, and how often.
+    pub checkpoints: Option<CheckpointSink>,
+}
+
+/// Where ingest hands the state for checkpoints.
+#[derive(Debug, Clone)]
+pub struct CheckpointSink {
+    /// How often a cut is taken (only when something was applied since the last one).
+    pub every: Duration,
+    /// The writer's queue. A cut is dropped while the writer is still busy with the previous
+    /// one; the last one, at shutdown, waits for room.
+    pub cuts: tokio::sync::mpsc::Sender<Cut>,
+}
+
+/// The state at a batch boundary, with where it stands in the topic: what a checkpoint holds.
+#[derive(Debug)]
+pub struct Cut {
+    /// The write side, copied.
+    pub state: StateCopy,
+    /// Per partition, where the state stands.
+    pub partitions: Vec<PartitionMark>,
+    /// Records the state never saw (deleted before it read them).
+    pub history_missing_records: u64,
+}
+
+impl IngestConfig {
+    /// Reads `topic` from its beginning, with no checkpoint, stop or dead-letter topic.
+    pub fn new(kafka: KafkaSettings, topic: impl Into<String>) -> Self {
+        Self {
+            kafka,
+            topic: topic.into(),
+            dead_letter_topic: None,
+            metadata_every: DEFAULT_METADATA_EVERY,
+            start: Vec::new(),
+            history_missing_before: 0,
+            allow_missing_history: false,
+            until: None,
+            checkpoints: None,
+        }
+    }
 }
 
 /// Starts the ingest thread. It runs until `cancel` fires; its outcome arrives on the returned
@@ -228,10 +282,8 @@ mod tests {
         let cancel = CancellationToken::new();
         let outcome = spawn(
             IngestConfig {
-                kafka: KafkaSettings::plain(broker.bootstrap_servers()),
-                topic: TOPIC.to_owned(),
                 dead_letter_topic: dead_letter_topic.map(str::to_owned),
-                metadata_every: DEFAULT_METADATA_EVERY,
+                ..IngestConfig::new(KafkaSettings::plain(broker.bootstrap_servers()), TOPIC)
             },
             Arc::clone(&projection),
             Arc::clone(&status),

@@ -25,6 +25,7 @@ use std::{collections::BTreeMap, fmt, fs, path::Path};
 use rdkafka::{ClientConfig, error::KafkaError, error::RDKafkaErrorCode};
 
 mod marks;
+pub mod offsets;
 
 pub use marks::{PartitionMark, RecordMark};
 

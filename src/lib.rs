@@ -72,5 +72,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => app::serve(args).await,
         Command::Produce(args) => tokio::task::spawn_blocking(move || app::produce(&args)).await?,
         Command::Token(args) => app::token(&args),
+        Command::Checkpoint(args) => app::checkpoint(args).await,
+        Command::Replay(args) => app::replay(args).await,
     }
 }

@@ -26,6 +26,8 @@ pub struct IngestStatus {
     /// Milliseconds after `started` of the last sign of the broker; `u64::MAX` before the first.
     last_contact_ms: AtomicU64,
     waiting_for: Mutex<Option<String>>,
+    /// Records the state never saw (deleted by the topic before it read them).
+    history_missing: AtomicU64,
 }
 
 /// What `/health/ready` reports.
@@ -65,6 +67,7 @@ impl Default for IngestStatus {
             ready_after_ms: AtomicU64::new(0),
             last_contact_ms: AtomicU64::new(u64::MAX),
             waiting_for: Mutex::new(Some("the broker's metadata".into())),
+            history_missing: AtomicU64::new(0),
         }
     }
 }
@@ -155,6 +158,17 @@ impl IngestStatus {
     /// Records applied so far of those below the start watermarks.
     pub fn set_replayed(&self, records: u64) {
         self.replayed.store(records, Ordering::Relaxed);
+    }
+
+    /// Records the state never saw because the topic had deleted them (0: none): served only
+    /// with `--allow-missing-history`, and then said on every answer.
+    pub fn history_missing(&self) -> u64 {
+        self.history_missing.load(Ordering::Relaxed)
+    }
+
+    /// Notes how many records the state never saw.
+    pub fn set_history_missing(&self, records: u64) {
+        self.history_missing.store(records, Ordering::Relaxed);
     }
 
     /// Records between what is applied and the high watermarks, as just measured.

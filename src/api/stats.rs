@@ -41,6 +41,9 @@ pub const MAX_ZONE_NAMES: usize = 1000;
 pub const X_STATS_AS_OF: HeaderName = HeaderName::from_static("x-stats-as-of");
 /// `X-Stats-Lag`: records not yet applied at the last check.
 pub const X_STATS_LAG: HeaderName = HeaderName::from_static("x-stats-lag");
+/// `X-Stats-History-Missing`: records the answer never saw (deleted by the topic before they
+/// were read); only with `--allow-missing-history`.
+pub const X_STATS_HISTORY_MISSING: HeaderName = HeaderName::from_static("x-stats-history-missing");
 
 /// The request body. Unknown fields are ignored; `null` is the same as absent.
 #[derive(Deserialize)]
@@ -146,6 +149,12 @@ pub(super) async fn stats(
         lag => HeaderValue::from(lag),
     };
     headers.insert(X_STATS_LAG, lag);
+    match state.status.history_missing() {
+        0 => {}
+        missing => {
+            headers.insert(X_STATS_HISTORY_MISSING, HeaderValue::from(missing));
+        }
+    }
     // Formatted once per publish by the projection; here only checked and shared.
     if let Some(as_of) = view
         .and_then(|view| view.as_of_rfc3339())
@@ -187,7 +196,8 @@ fn retry_after_secs(wait: Duration) -> u32 {
 }
 
 /// Splits the `zones` string: trimmed names, empties dropped; no names at all means every zone.
-fn zone_filter(zones: Option<&str>) -> Result<Option<Vec<&str>>, ApiError> {
+/// (`replay --zones` reads its list the same way.)
+pub fn zone_filter(zones: Option<&str>) -> Result<Option<Vec<&str>>, ApiError> {
     let Some(zones) = zones else {
         return Ok(None);
     };

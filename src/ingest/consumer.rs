@@ -8,6 +8,7 @@
 //! producer (flushed when `run` is cancelled).
 
 use std::{
+    collections::BTreeMap,
     sync::{Arc, Mutex, PoisonError},
     thread,
     time::{Duration, Instant},
@@ -25,15 +26,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    kafka::{KafkaSettings, Refusal},
+    kafka::{KafkaSettings, PartitionMark, Refusal},
     projection::Projection,
     status::IngestStatus,
     telemetry,
 };
 
 use super::{
-    CHECK_EVERY, IngestConfig, IngestError, MAX_BATCH, POLL_WAIT, PROBE_TIMEOUT, REMIND_EVERY,
-    REQUEST_TIMEOUT,
+    CHECK_EVERY, CheckpointSink, Cut, IngestConfig, IngestError, MAX_BATCH, POLL_WAIT,
+    PROBE_TIMEOUT, REMIND_EVERY, REQUEST_TIMEOUT,
     apply::Applier,
     dead_letter::DeadLetter,
     tracker::{HighWatermarks, PartitionState, Tracker},
@@ -123,6 +124,13 @@ pub(super) struct Ingest {
     tracker: Tracker,
     applier: Applier,
     metadata_every: Duration,
+    /// Per partition, where the restored state stands.
+    start: BTreeMap<i32, i64>,
+    until: Option<BTreeMap<i32, i64>>,
+    checkpoints: Option<CheckpointSink>,
+    /// The marks of the last cut handed over (or of the restored checkpoint): a cut is taken
+    /// only when they moved.
+    last_cut: Vec<PartitionMark>,
 }
 
 /// The consumer settings ingest reads with: the user's Kafka settings over the prefetch tuned for
@@ -179,8 +187,18 @@ impl Ingest {
                 projection,
                 status,
                 dead_letter,
+                config.history_missing_before,
+                config.allow_missing_history,
             ),
             metadata_every: config.metadata_every,
+            start: config
+                .start
+                .iter()
+                .map(|mark| (mark.partition, mark.next_offset))
+                .collect(),
+            until: config.until.clone(),
+            checkpoints: config.checkpoints.clone(),
+            last_cut: config.start.clone(),
         })
     }
 
@@ -188,7 +206,11 @@ impl Ingest {
     /// until `cancel` fires. An `Err` only when the apply thread is gone.
     pub(super) fn run(mut self, cancel: &CancellationToken) -> Result<(), IngestError> {
         self.tracker.replay_starting();
-        info!(topic = %self.tracker.topic, "replay starting: reading every partition from the beginning");
+        if self.start.is_empty() {
+            info!(topic = %self.tracker.topic, "replay starting: reading every partition from the beginning");
+        } else {
+            info!(topic = %self.tracker.topic, "replay starting: reading each partition from the restored state's offset");
+        }
         // Said once per distinct reason (and again every REMIND_EVERY), not once per attempt.
         let mut said: Option<(String, Instant)> = None;
         while self.tracker.partitions.is_empty() {
@@ -233,7 +255,14 @@ impl Ingest {
         let mut last_check = Instant::now();
         let mut last_metadata = Instant::now();
         let mut last_progress = (Instant::now(), 0u64);
+        let mut last_cut = Instant::now();
         while !cancel.is_cancelled() {
+            if let Some(every) = self.checkpoints.as_ref().map(|sink| sink.every)
+                && last_cut.elapsed() >= every
+            {
+                last_cut = Instant::now();
+                self.cut(false)?;
+            }
             if self.poll_batch()? {
                 self.tracker.contact();
                 self.consumer.context().forget_refusal();
@@ -270,7 +299,55 @@ impl Ingest {
             dead_letter.flush();
         }
         self.tracker.tell_summaries(true);
+        if self.checkpoints.is_some() {
+            self.cut(true)?;
+        }
         info!("ingest stopped");
+        Ok(())
+    }
+
+    /// Hands the state to the checkpoint writer, if anything was applied since the last cut:
+    /// waits for the batch in flight, then copies the write side (the only pause ingest takes
+    /// for a checkpoint). While the writer is busy a cut is skipped, unless it is the `last`.
+    fn cut(&mut self, last: bool) -> Result<(), IngestError> {
+        let Some(sink) = &self.checkpoints else {
+            return Ok(());
+        };
+        if !last && sink.cuts.capacity() == 0 {
+            debug!("checkpoint writer still busy: no cut this interval");
+            return Ok(());
+        }
+        if let Some(applied) = self.applier.wait()? {
+            self.tracker.applied(applied);
+        }
+        if let Ok(positions) = self.consumer.position() {
+            self.tracker.advance_to_positions(&positions);
+        }
+        let partitions = self.tracker.marks();
+        if partitions.is_empty() || partitions == self.last_cut {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let state = self.tracker.projection().copy_state();
+        let pause = started.elapsed();
+        gauge!(telemetry::CHECKPOINT_PAUSE).set(pause.as_secs_f64());
+        debug!(
+            ms = pause.as_secs_f64() * 1e3,
+            "state copied for a checkpoint"
+        );
+        let cut = Cut {
+            state,
+            partitions: partitions.clone(),
+            history_missing_records: self.tracker.history_missing(),
+        };
+        let sent = if last {
+            sink.cuts.blocking_send(cut).is_ok()
+        } else {
+            sink.cuts.try_send(cut).is_ok()
+        };
+        if sent {
+            self.last_cut = partitions;
+        }
         Ok(())
     }
 
@@ -343,8 +420,27 @@ impl Ingest {
                     partition: id,
                     error,
                 })?;
+            // What the state already covers; records between it and the low watermark are gone.
+            let covered = self.start.get(&id).copied().unwrap_or(0);
+            let missing = (low - covered).max(0) as u64;
+            let from = covered.max(low);
+            let until = self
+                .until
+                .as_ref()
+                .map(|until| until.get(&id).copied().unwrap_or(from));
+            let target = until.map_or(high, |until| until.min(high));
+            gauge!(telemetry::HISTORY_MISSING, "partition" => id.to_string()).set(missing as f64);
+            if missing > 0 {
+                warn!(topic = %self.tracker.topic, partition = id, first_lost = covered, low_watermark = low,
+                    records = missing,
+                    "history missing: the topic deleted these records before this state saw them, so \
+                     the counts cannot be exact; the service is not ready unless \
+                     --allow-missing-history. Restore from a checkpoint that covers them (set \
+                     --checkpoint-store so that this cannot happen again), or rebuild: see the \
+                     README, 'History'");
+            }
             added
-                .add_partition_offset(&self.tracker.topic, id, Offset::Beginning)
+                .add_partition_offset(&self.tracker.topic, id, Offset::Offset(from))
                 .map_err(|error| IngestError::AddPartition {
                     partition: id,
                     error,
@@ -352,10 +448,13 @@ impl Ingest {
             new_states.push((
                 id,
                 PartitionState {
-                    low,
-                    next: low,
-                    start_high: high,
-                    caught_up: high <= low,
+                    low: from,
+                    next: from,
+                    last_record: None,
+                    missing,
+                    until,
+                    start_high: target,
+                    caught_up: target <= from,
                     lag: gauge!(telemetry::CONSUMER_LAG, "partition" => id.to_string()),
                 },
             ));
@@ -375,7 +474,7 @@ impl Ingest {
             topic = %self.tracker.topic,
             partitions = new_states.len(),
             records = target,
-            "assigned partitions from the beginning"
+            "assigned partitions"
         );
         self.tracker.partitions.extend(new_states);
         Ok(())

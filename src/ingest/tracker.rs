@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     events::{self, Encoding, InvalidEvent},
+    kafka::{PartitionMark, RecordMark},
     projection::{Kind, Projection, SkipReason},
     status::IngestStatus,
     telemetry,
@@ -41,9 +42,18 @@ pub(super) type HighWatermarks = Arc<Mutex<HashMap<i32, i64>>>;
 /// One assigned partition.
 #[derive(Debug)]
 pub(super) struct PartitionState {
+    /// Where this run's replay of the partition began: its low watermark, or the restored
+    /// state's offset when that is later.
     pub(super) low: i64,
     /// The next offset to apply.
     pub(super) next: i64,
+    /// The last record taken, if any (for the next checkpoint's marks).
+    pub(super) last_record: Option<RecordMark>,
+    /// Records between what the state covered and the low watermark: deleted before the state
+    /// saw them.
+    pub(super) missing: u64,
+    /// `replay --until`: records from this offset on are not applied.
+    pub(super) until: Option<i64>,
     /// The high watermark noted when the partition was assigned.
     pub(super) start_high: i64,
     pub(super) caught_up: bool,
@@ -99,6 +109,10 @@ pub(super) struct Tracker {
     pub(super) last_contact: Instant,
     /// The broker's current outage, while there is one.
     pub(super) outage: Option<Outage>,
+    /// Records missed before this run (carried by the checkpoint the state was restored from).
+    history_missing_before: u64,
+    /// Serve even when history is missing (`--allow-missing-history`).
+    allow_missing_history: bool,
 }
 
 /// A stretch of time without an answer from the broker.
@@ -119,6 +133,8 @@ impl Tracker {
         projection: Arc<Projection>,
         status: Arc<IngestStatus>,
         dead_letter: Option<DeadLetter>,
+        history_missing_before: u64,
+        allow_missing_history: bool,
     ) -> Self {
         Self {
             topic,
@@ -133,6 +149,8 @@ impl Tracker {
             bad_records: Summaries::new(WARN_SUMMARY_EVERY),
             last_contact: Instant::now(),
             outage: None,
+            history_missing_before,
+            allow_missing_history,
         }
     }
 
@@ -145,7 +163,14 @@ impl Tracker {
     pub(super) fn take(&mut self, message: &BorrowedMessage<'_>, batch: &mut DecodedBatch) {
         let partition = message.partition();
         let offset = message.offset();
-        if self.partitions.contains_key(&partition) {
+        if let Some(state) = self.partitions.get_mut(&partition) {
+            if state.until.is_some_and(|until| offset >= until) {
+                return;
+            }
+            state.last_record = Some(RecordMark {
+                offset,
+                timestamp_ms: message.timestamp().to_millis(),
+            });
             batch.taken(partition, offset);
         }
         let payload = message.payload().unwrap_or_default();
@@ -314,8 +339,64 @@ impl Tracker {
         }
     }
 
+    /// The projection ingest applies to.
+    pub(super) fn projection(&self) -> &Projection {
+        &self.projection
+    }
+
+    /// Where the state stands, per partition: a checkpoint's marks.
+    pub(super) fn marks(&self) -> Vec<PartitionMark> {
+        self.partitions
+            .iter()
+            .map(|(&partition, state)| PartitionMark {
+                partition,
+                next_offset: state.next,
+                last_record: state.last_record,
+            })
+            .collect()
+    }
+
+    /// Records the state never saw: those deleted before this run's replay of each partition
+    /// began, and those its checkpoint had already missed.
+    pub(super) fn history_missing(&self) -> u64 {
+        self.history_missing_before + self.partitions.values().map(|s| s.missing).sum::<u64>()
+    }
+
+    /// Why the state cannot be served as exact, when history is missing and that is not allowed.
+    fn missing_history_reason(&self) -> Option<String> {
+        if self.allow_missing_history || self.history_missing() == 0 {
+            return None;
+        }
+        let mut lost: Vec<String> = self
+            .partitions
+            .iter()
+            .filter(|(_, s)| s.missing > 0)
+            .map(|(p, s)| {
+                format!(
+                    "partition {p} offsets {}..{} ({} records)",
+                    s.low - s.missing as i64,
+                    s.low,
+                    s.missing
+                )
+            })
+            .collect();
+        if self.history_missing_before > 0 {
+            lost.push(format!(
+                "{} records the restored checkpoint had already missed",
+                self.history_missing_before
+            ));
+        }
+        Some(format!(
+            "history: the topic deleted records before this state saw them ({}): the counts \
+             would not be exact; restore from a checkpoint that covers them, or serve anyway \
+             with --allow-missing-history",
+            lost.join(", ")
+        ))
+    }
+
     /// Flips the latch once every partition is applied up to its start watermark, and notes the
-    /// replay's progress and the lag. True when the latch flipped now.
+    /// replay's progress and the lag. True when the latch flipped now. Never while history is
+    /// missing and that is not allowed: `waiting_for` says which records are gone.
     pub(super) fn check_ready(&mut self) -> bool {
         let mut replayed = 0u64;
         let mut all_caught_up = true;
@@ -331,9 +412,15 @@ impl Tracker {
             };
         }
         self.status.set_replayed(replayed);
+        self.status.set_history_missing(self.history_missing());
         // Lag first, so that the first answer after the latch flips carries a current one.
         self.update_lag();
-        if !all_caught_up || self.partitions.is_empty() {
+        // Said as soon as it is known, not only once the replay is done.
+        let missing = self.missing_history_reason();
+        if let Some(reason) = &missing {
+            self.status.set_waiting_for(Some(reason.clone()));
+        }
+        if !all_caught_up || self.partitions.is_empty() || missing.is_some() {
             return false;
         }
         {
