@@ -44,6 +44,8 @@ pub const DEAD_LETTERED: &str = "permit_stats_dead_letter_records_total";
 pub const DEAD_LETTER_FAILURES: &str = "permit_stats_dead_letter_failures_total";
 /// Unix time ingest last heard from the broker (a record, or a metadata answer).
 pub const BROKER_LAST_CONTACT: &str = "permit_stats_broker_last_contact_timestamp_seconds";
+/// Seconds of history the topic keeps by time (`retention.ms`), -1 when forever; read at start.
+pub const TOPIC_RETENTION: &str = "permit_stats_topic_retention_seconds";
 
 /// The `route` label of the HTTP metrics: a fixed name per route of the API's router, so that no
 /// client can grow the label set. The API maps each matched path to one of these; the recorder's
@@ -207,6 +209,12 @@ pub(super) const FAMILIES: &[Family] = &[
         name: BROKER_LAST_CONTACT,
         kind: FamilyKind::Gauge,
         help: "Unix time ingest last heard from the broker (a record or a metadata answer)",
+        source: Source::Recorder,
+    },
+    Family {
+        name: TOPIC_RETENTION,
+        kind: FamilyKind::Gauge,
+        help: "Seconds of history the topic keeps by time (retention.ms; -1: forever), read at start",
         source: Source::Recorder,
     },
     Family {
