@@ -34,7 +34,7 @@ use crate::{
     },
     config::{self, LogFormat, ProduceArgs, ServeArgs, TokenArgs, ValueFormat},
     ingest::{self, IngestConfig, embedded::EmbeddedBroker},
-    kafka::KafkaSettings,
+    kafka::{KafkaSettings, retention},
     produce,
     projection::Projection,
     status::IngestStatus,
@@ -215,6 +215,21 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         ("metrics upkeep", state.metrics.spawn_upkeep(cancel.clone())),
     ];
+    // Warns when the topic will lose the history the counts need (kafka/retention.rs); not for
+    // the embedded broker, which has no admin API and is not for production anyway.
+    if embedded.is_none() {
+        let (kafka, topic, cancel) = (kafka.clone(), args.topic.clone(), cancel.clone());
+        let checkpoint_store = args.checkpoint_store.is_some();
+        background.push((
+            "topic retention check",
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    () = retention::check(&kafka, &topic, checkpoint_store) => {}
+                }
+            }),
+        ));
+    }
     // The certificate's reload (SIGHUP, file changes): see api/tls.rs.
     if let Some((tls, files)) = &tls {
         let poll = Some(Duration::from_secs(args.tls_poll_interval)).filter(|p| !p.is_zero());

@@ -20,6 +20,8 @@
 //! the broker rejects) reaches the service only through librdkafka's error callback;
 //! [`Refusal::classify`] tells those apart from a broker that is merely down.
 
+pub mod retention;
+
 use std::{collections::BTreeMap, fmt, fs, path::Path};
 
 use rdkafka::{ClientConfig, error::KafkaError, error::RDKafkaErrorCode};

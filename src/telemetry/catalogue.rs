@@ -56,6 +56,8 @@ pub const CHECKPOINT_PAUSE: &str = "permit_stats_checkpoint_ingest_pause_seconds
 pub const CHECKPOINT_SIZE: &str = "permit_stats_checkpoint_size_bytes";
 /// Checkpoints that could not be written.
 pub const CHECKPOINT_FAILURES: &str = "permit_stats_checkpoint_failures_total";
+/// Seconds of history the topic keeps by time (`retention.ms`), -1 when forever; read at start.
+pub const TOPIC_RETENTION: &str = "permit_stats_topic_retention_seconds";
 
 /// The `route` label of the HTTP metrics: a fixed name per route of the API's router, so that no
 /// client can grow the label set. The API maps each matched path to one of these; the recorder's
@@ -219,6 +221,12 @@ pub(super) const FAMILIES: &[Family] = &[
         name: BROKER_LAST_CONTACT,
         kind: FamilyKind::Gauge,
         help: "Unix time ingest last heard from the broker (a record or a metadata answer)",
+        source: Source::Recorder,
+    },
+    Family {
+        name: TOPIC_RETENTION,
+        kind: FamilyKind::Gauge,
+        help: "Seconds of history the topic keeps by time (retention.ms; -1: forever), read at start",
         source: Source::Recorder,
     },
     Family {

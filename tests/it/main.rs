@@ -27,6 +27,8 @@
 //! - `kafka_security`: every codec (written by Kafka's ConsoleProducer), SASL_SSL from a
 //!   properties file, mutual TLS, and a cluster that refuses the service; these need the
 //!   broker's secured listeners (`KAFKA_SECURITY=1 scripts/kafka.sh run -- ...`).
+//! - `topic_retention`: the topic's retention read at start, its warnings (log and metric), and
+//!   DeleteRecords as retention does it.
 
 mod support;
 
@@ -47,3 +49,4 @@ mod projection_model;
 mod shutdown;
 mod soak;
 mod token_reload;
+mod topic_retention;

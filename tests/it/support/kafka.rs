@@ -1,4 +1,5 @@
-//! Kafka for the tests that need a real broker: the gate that decides whether they run, topics,
+//! Kafka for the tests that need a real broker: the gate that decides whether they run, topics
+//! (with settings; deleted, and their oldest records deleted as retention does), watermarks,
 //! an independent producer and reader (never the crate's), and brokers of a test's own that it
 //! may stop and start again (`scripts/kafka.sh start|down|up|stop DIR`).
 //!
@@ -127,9 +128,23 @@ fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
         .expect("admin client")
 }
 
-/// Creates a topic with `partitions` partitions.
+/// Creates a topic with `partitions` partitions and the broker's default settings.
 pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    create_topic_with_configs(bootstrap, name, partitions, &[]).await;
+}
+
+/// Creates a topic with `partitions` partitions and these topic settings (e.g.
+/// `("cleanup.policy", "compact")`, `("retention.ms", "-1")`).
+pub async fn create_topic_with_configs(
+    bootstrap: &str,
+    name: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) {
+    let topic = configs.iter().fold(
+        NewTopic::new(name, partitions, TopicReplication::Fixed(1)),
+        |topic, (key, value)| topic.set(key, value),
+    );
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for result in admin(bootstrap)
         .create_topics([&topic], &options)
@@ -152,11 +167,72 @@ pub async fn add_partitions(bootstrap: &str, name: &str, total: usize) {
     }
 }
 
-/// Deletes a topic, ignoring failures (clean-up only).
+/// Deletes a topic and waits (up to 30 s) until the broker's metadata no longer lists it, so
+/// that a topic of the same name can be created next. A topic that does not exist is fine;
+/// other failures are ignored too (most callers clean up after a test whose verdict is in).
 pub async fn delete_topic(bootstrap: &str, name: &str) {
     let _ = admin(bootstrap)
         .delete_topics(&[name], &AdminOptions::new())
         .await;
+    let (bootstrap, name) = (bootstrap.to_owned(), name.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("allow.auto.create.topics", "false")
+            .create()
+            .expect("metadata client");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let listed = consumer
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map(|m| m.topics().iter().any(|t| t.name() == name));
+            if matches!(listed, Ok(false)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "topic {name} still exists 30 s after its deletion ({listed:?})"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .expect("metadata thread");
+}
+
+/// Deletes the records of `topic`'s `partition` below `before_offset`, the way Kafka's
+/// retention does (DeleteRecords): the partition's low watermark moves to `before_offset` and
+/// a reader from the beginning starts there. Panics if the broker refuses.
+pub async fn delete_records(bootstrap: &str, topic: &str, partition: i32, before_offset: i64) {
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(topic, partition, Offset::Offset(before_offset))
+        .expect("partition");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let done = admin(bootstrap)
+        .delete_records(&offsets, &options)
+        .await
+        .unwrap_or_else(|e| panic!("DeleteRecords on {topic}/{partition}: {e}"));
+    for element in done.elements() {
+        if let Err(e) = element.error() {
+            panic!(
+                "DeleteRecords on {}/{} refused: {e}",
+                element.topic(),
+                element.partition()
+            );
+        }
+    }
+}
+
+/// The (low, high) watermarks of `topic`'s `partition`.
+pub fn watermarks(bootstrap: &str, topic: &str, partition: i32) -> (i64, i64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("watermark client");
+    consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .expect("watermarks")
 }
 
 /// Where each record landed, by its index in what was sent.
