@@ -125,7 +125,7 @@ pub(super) struct Ingest {
     applier: Applier,
     metadata_every: Duration,
     /// Per partition, where the restored state stands.
-    start: BTreeMap<i32, i64>,
+    start: BTreeMap<i32, PartitionMark>,
     until: Option<BTreeMap<i32, i64>>,
     checkpoints: Option<CheckpointSink>,
     /// The marks of the last cut handed over (or of the restored checkpoint): a cut is taken
@@ -194,7 +194,7 @@ impl Ingest {
             start: config
                 .start
                 .iter()
-                .map(|mark| (mark.partition, mark.next_offset))
+                .map(|mark| (mark.partition, mark.clone()))
                 .collect(),
             until: config.until.clone(),
             checkpoints: config.checkpoints.clone(),
@@ -421,7 +421,8 @@ impl Ingest {
                     error,
                 })?;
             // What the state already covers; records between it and the low watermark are gone.
-            let covered = self.start.get(&id).copied().unwrap_or(0);
+            let restored = self.start.get(&id);
+            let covered = restored.map_or(0, |mark| mark.next_offset);
             let missing = (low - covered).max(0) as u64;
             let from = covered.max(low);
             let until = self
@@ -450,7 +451,7 @@ impl Ingest {
                 PartitionState {
                     low: from,
                     next: from,
-                    last_record: None,
+                    last_record: restored.and_then(|mark| mark.last_record),
                     missing,
                     until,
                     start_high: target,

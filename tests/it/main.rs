@@ -37,6 +37,7 @@ mod corpus;
 mod deploy;
 mod faults;
 mod fuzz_http;
+mod history;
 mod http_api;
 mod http_limits;
 mod https;
