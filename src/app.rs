@@ -147,40 +147,6 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.topic
         );
     }
-    // History: the newest usable checkpoint, then only the records after it.
-    let checkpoints = match &args.checkpoint_store {
-        Some(location) => Some(history::open(location, &args.topic, args.checkpoint_keep)?),
-        None => None,
-    };
-    let start = match &checkpoints {
-        Some(checkpoints) => {
-            history::restore(checkpoints, &kafka, &args.topic, &projection, None).await
-        }
-        None => history::Start::default(),
-    };
-    let (sink, checkpoint_writer) = match checkpoints {
-        Some(checkpoints) => {
-            let every = Duration::from_secs(args.checkpoint_interval);
-            let (sink, writer) = history::spawn_writer(checkpoints, every);
-            (Some(sink), Some(writer))
-        }
-        None => (None, None),
-    };
-    let mut ingest = ingest::spawn(
-        IngestConfig {
-            dead_letter_topic: args.dead_letter_topic.clone(),
-            metadata_every: metadata_every(&args),
-            start: start.marks,
-            history_missing_before: start.history_missing,
-            allow_missing_history: args.allow_missing_history,
-            checkpoints: sink,
-            ..IngestConfig::new(kafka.clone(), args.topic.clone())
-        },
-        Arc::clone(&projection),
-        Arc::clone(&status),
-        cancel.clone(),
-    )?;
-    let mut ingest_done = false;
 
     let demo_stop = Arc::new(AtomicBool::new(false));
     let demo = if args.demo {
@@ -199,9 +165,9 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let state = AppState {
-        projection,
+        projection: Arc::clone(&projection),
         tokens: Arc::new(ArcSwap::from_pointee(tokens)),
-        status,
+        status: Arc::clone(&status),
         metrics,
     };
     // Token reload (SIGHUP, file changes) and the server's limits: see api/auth/reload.rs and
@@ -250,6 +216,43 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )),
         None => tokio::spawn(api::serve(listener, router, limits, cancel.clone())),
     };
+
+    // History: the newest usable checkpoint, then only the records after it. After the server
+    // has started, so that liveness answers while a large checkpoint is read (the stats request
+    // answers 503 until the replay is done).
+    let checkpoints = match &args.checkpoint_store {
+        Some(location) => Some(history::open(location, &args.topic, args.checkpoint_keep)?),
+        None => None,
+    };
+    let start = match &checkpoints {
+        Some(checkpoints) => {
+            history::restore(checkpoints, &kafka, &args.topic, &projection, None).await
+        }
+        None => history::Start::default(),
+    };
+    let (sink, checkpoint_writer) = match checkpoints {
+        Some(checkpoints) => {
+            let every = Duration::from_secs(args.checkpoint_interval);
+            let (sink, writer) = history::spawn_writer(checkpoints, every);
+            (Some(sink), Some(writer))
+        }
+        None => (None, None),
+    };
+    let mut ingest = ingest::spawn(
+        IngestConfig {
+            dead_letter_topic: args.dead_letter_topic.clone(),
+            metadata_every: metadata_every(&args),
+            start: start.marks,
+            history_missing_before: start.history_missing,
+            allow_missing_history: args.allow_missing_history,
+            checkpoints: sink,
+            ..IngestConfig::new(kafka.clone(), args.topic.clone())
+        },
+        Arc::clone(&projection),
+        Arc::clone(&status),
+        cancel.clone(),
+    )?;
+    let mut ingest_done = false;
 
     let outcome = tokio::select! {
         () = shutdown_signal() => {

@@ -14,6 +14,8 @@
 //! - `main.rs`: the thin binary (parse, run, report the error chain); mimalloc as the allocator.
 //! - `app.rs`: the wiring of `serve`, `produce` and `token`; the command line turned into each
 //!   part's own configuration; the tasks it starts, and their shutdown.
+//! - [`checkpoint`]: checkpoints of the projection; where they are stored, a local directory or
+//!   an object store (`checkpoint/store.rs`).
 //! - [`config`]: the command line (clap), every flag also an environment variable.
 //! - [`api`]: the router and shared state (`api.rs`); the stats request (`api/stats.rs`); errors
 //!   and their OPS-COM codes (`api/error.rs`); limits and the rate limit (`api/limits.rs`); the

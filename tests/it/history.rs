@@ -503,3 +503,54 @@ async fn the_ready_route_and_metrics_tell_the_checkpoint_story() {
         "nothing changed since"
     );
 }
+
+/// The same restore through an S3-protocol store (moto), which is what replicas on several
+/// machines share.
+#[tokio::test]
+async fn checkpoints_in_s3_restore_the_state() {
+    let Some(bootstrap) = bootstrap() else { return };
+    let Some(s3) = crate::support::s3::S3Server::start().await else {
+        return;
+    };
+    let (mut workload, topic, _dir, tokens_path, tokens) =
+        written(&bootstrap, "history-s3", 1_000, 200).await;
+    let store = s3.url("replicas");
+    let env: Vec<(String, String)> = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let tokens_arg = tokens_path.to_str().expect("utf-8 path");
+    let args = [
+        "--brokers",
+        &bootstrap,
+        "--topic",
+        &topic,
+        "--tokens",
+        tokens_arg,
+        "--checkpoint-store",
+        &store,
+    ];
+    let start = || Service::serve_with_env(&[], &args, Some("info,librdkafka=warn"), &env);
+    let mut service = start();
+    converge(&mut service, &http(), &tokens, &workload, true).await;
+    service.terminate();
+    assert!(
+        service.log_text().contains("checkpoint written"),
+        "{}",
+        service.log_tail()
+    );
+
+    for partition in 0..PARTITIONS {
+        let (_, high) = crate::support::kafka::watermarks(&bootstrap, &topic, partition);
+        delete_records(&bootstrap, &topic, partition, high).await;
+    }
+    produce(&bootstrap, &topic, workload.records(200, 0.0)).await;
+    let mut service = start();
+    converge(&mut service, &http(), &tokens, &workload, true).await;
+    assert!(
+        service
+            .log_text()
+            .contains("restored the state from a checkpoint"),
+        "{}",
+        service.log_tail()
+    );
+    service.terminate();
+}

@@ -16,6 +16,8 @@
 //! - `metrics`: `/metrics` of the running binary, with `promtool` (skips without it).
 //! - `logs`: the binary's JSON logs.
 //! - `deploy`: docker-compose.yml and the Grafana dashboard agree with the binary.
+//! - `checkpoint_store`: the checkpoint store over S3, against moto (a real S3-protocol server,
+//!   skips without it locally, fails in CI).
 //!
 //! Against a real Apache Kafka broker (`scripts/kafka.sh run -- cargo test --test it`; without
 //! `KAFKA_BOOTSTRAP` they skip locally and fail in CI); `metrics` has one such test too:
@@ -33,6 +35,7 @@
 mod support;
 
 mod browser;
+mod checkpoint_store;
 mod corpus;
 mod deploy;
 mod faults;

@@ -8,6 +8,7 @@
 //! - [`service`]: the launcher of the real binary.
 //! - [`client`]: HTTP against a running binary, and the wait for its exact answers.
 //! - [`prometheus`]: the text exposition format read the way Prometheus reads it, and `promtool`.
+//! - [`s3`]: a real S3-protocol server (moto) with a bucket and a signed-in user.
 //! - [`tls`]: a test CA, server certificates, and clients that trust that CA alone.
 //!
 //! Here, next to them: the one "skip unless CI" gate, the one free-port helper, unique names and
@@ -17,6 +18,7 @@ pub mod client;
 pub mod kafka;
 pub mod model;
 pub mod prometheus;
+pub mod s3;
 pub mod server;
 pub mod service;
 pub mod tls;
