@@ -1,9 +1,17 @@
-//! Ingest: one dedicated thread reads every partition of the topic from the beginning and decodes
-//! each record; a second one applies the decoded batches to the projection.
+//! Ingest: one dedicated thread reads every partition of the topic from the beginning (or from the
+//! restored checkpoint's offsets) and decodes each record; a second one applies the decoded
+//! batches to the projection.
 //!
 //! - No consumer group: partitions are assigned by hand, so every replica holds the whole
-//!   projection and a restart always rebuilds it from the topic (`group.id` is set only because
-//!   librdkafka's `assign` wants one; nothing is ever committed).
+//!   projection and a restart always rebuilds it from the topic, or from a checkpoint and the
+//!   records after it (`group.id` is set only because librdkafka's `assign` wants one; nothing is
+//!   ever committed).
+//! - History: a partition whose low watermark lies past what the state covers has lost records
+//!   the state never saw. Its count goes to `permit_stats_history_missing_records` and the latch
+//!   does not flip (`waiting_for` names the offsets lost) unless `--allow-missing-history`.
+//! - Checkpoints: every `CheckpointSink::every`, and at shutdown, when the offsets moved, the
+//!   ingest thread waits for the batch in flight and copies the write side ([`Cut`]), its only
+//!   pause, and hands the copy to the writer (`crate::checkpoint`, wired by `app`).
 //! - A `BaseConsumer` polled on the ingest thread, drained in batches: the first `poll` waits, the
 //!   rest take what is already fetched. A batch is decoded there (protobuf without copying a
 //!   string until the kept ones go into the batch's one buffer) and handed to the `apply` thread,
