@@ -30,6 +30,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin permit-stats \
     && cp target/release/permit-stats /usr/local/bin/permit-stats
+# The checkpoint directory of docker-compose.yml's volume, owned by the runtime's user: a new
+# named volume takes the image directory's owner (distroless has no shell to chown it later).
+RUN mkdir -p /var/lib/permit-stats/checkpoints
 
 # --- runtime -------------------------------------------------------------------------------------
 # glibc, libgcc, libssl3 (OpenSSL 3, for TLS to Kafka) and CA certificates, no shell, no package
@@ -38,6 +41,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # now: rebuild on a fresh base image regularly to pick up OpenSSL fixes.
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 COPY --from=build /usr/local/bin/permit-stats /usr/local/bin/permit-stats
+COPY --from=build --chown=65532:65532 /var/lib/permit-stats /var/lib/permit-stats
 USER nonroot:nonroot
 # Inside a container the API must listen on every interface; the flag's default is loopback.
 ENV PERMIT_STATS_LISTEN=0.0.0.0:8080 \

@@ -47,19 +47,19 @@ pub const OWNED: [(&str, &str); 7] = [
     ),
     (
         "enable.auto.commit",
-        "the service never commits offsets: each start replays the topic",
+        "the service never commits offsets: each start replays the topic (from its checkpoint)",
     ),
     (
         "auto.commit.enable",
-        "the service never commits offsets: each start replays the topic",
+        "the service never commits offsets: each start replays the topic (from its checkpoint)",
     ),
     (
         "enable.auto.offset.store",
-        "the service never stores offsets: each start replays the topic",
+        "the service never stores offsets: each start replays the topic (from its checkpoint)",
     ),
     (
         "auto.offset.reset",
-        "the service always reads every partition from the beginning",
+        "the service reads every partition from the beginning or its checkpoint's offsets",
     ),
     (
         "isolation.level",
