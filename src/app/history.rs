@@ -345,8 +345,8 @@ mod tests {
     fn a_table_aligns_its_columns() {
         let text = String::from_utf8(table(&rows())).expect("utf-8");
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "TYPE      ZONE            TOTAL");
-        assert_eq!(lines[1], "temp      Lot 1              12");
-        assert_eq!(lines[2], "standard  Lot \"2\", west      3");
+        assert_eq!(lines[0], "TYPE      ZONE           TOTAL");
+        assert_eq!(lines[1], "temp      Lot 1             12");
+        assert_eq!(lines[2], r#"standard  Lot "2", west      3"#);
     }
 }
