@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # benches/load.sh: the end-to-end load benchmark of BENCHMARKS.md, in one command.
 #
-#   benches/load.sh [http] [replay] [memory] [freshness]     (no argument: all four)
+#   benches/load.sh [http] [replay] [memory] [freshness] [history]
+#                                                (no argument: the first four; history on request)
 #
 # Each section measures the service against a baseline taken in the same run, on this machine:
 #   http       wrk drives the stats request (all rows, and the vendor's two-zone filter), the same
@@ -19,10 +20,21 @@
 #   memory     resident bytes per live permit, in process, at 1M and 10M permits (e2e `memory`);
 #              and the service's whole RSS per live permit after the replay above.
 #   freshness  produce->visible latency at a steady FRESH_RATE events/s (e2e `freshness`).
+#   history    checkpoints (not in the default run: it produces its own EVENTS-record topic, with
+#              HISTORY_PERMITS live permits, once per broker). REPLAY_ROUNDS times, alternating:
+#              `serve` without a store, start to /health/ready (a full replay); `permit-stats
+#              checkpoint` into an empty directory (its write time and size, bytes per live permit);
+#              `serve --checkpoint-store` on it, start to ready (the restore; goal < 1 s), its log
+#              checked for the restore and its permit gauges for the full replay's. Then the ingest
+#              pause: `serve --checkpoint-interval 1` on a LIVE_EVENTS-record topic with the same
+#              live permits while `produce --rate INGEST_RATE` streams into it, the checkpoint
+#              gauges scraped PAUSE_SAMPLES times. Start times are polled every 10 ms on one
+#              keep-alive connection (python), from just before the process is started.
 #
 # A real Apache Kafka broker is started with scripts/kafka.sh unless KAFKA_BOOTSTRAP is set.
 # Knobs (environment): EVENTS=10000000 ROUNDS=3 REPLAY_ROUNDS=3 DURATION=10 CONNECTIONS=64 THREADS=1
-# INGEST_RATE=20000 FRESH_RATE=1000 FRESH_SECONDS=10 MIMALLOC_SO NGINX (the nginx binary; default
+# INGEST_RATE=20000 FRESH_RATE=1000 FRESH_SECONDS=10 HISTORY_PERMITS=1000000 LIVE_EVENTS=3000000
+# PAUSE_SAMPLES=10 MIMALLOC_SO NGINX (the nginx binary; default
 # nginx on the PATH, else /usr/sbin/nginx). Results: a table on stdout and in target/load/results.md;
 # raw tool output in target/load/.
 #
@@ -42,6 +54,9 @@ INGEST_RATE=${INGEST_RATE:-20000}
 FRESH_RATE=${FRESH_RATE:-1000}
 FRESH_SECONDS=${FRESH_SECONDS:-10}
 REPLAY_ROUNDS=${REPLAY_ROUNDS:-3}
+HISTORY_PERMITS=${HISTORY_PERMITS:-1000000}
+LIVE_EVENTS=${LIVE_EVENTS:-3000000}
+PAUSE_SAMPLES=${PAUSE_SAMPLES:-10}
 MIN_NGINX_RATIO=${MIN_NGINX_RATIO:-}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 # The service links mimalloc, which also takes librdkafka's malloc. When Debian's libmimalloc2.0 is
@@ -468,12 +483,177 @@ section_freshness() {
   stop_server
 }
 
+# serve_timed TOPIC [serve flags...]: starts the service on a free port (log in $OUT/serve.log);
+# sets SERVER_PID and ADDR, and READY_S: the seconds from just before the start to the first 200 of
+# /health/ready, polled every 10 ms on one keep-alive connection (a curl per poll would take CPU
+# from the start being timed).
+serve_timed() {
+  local topic=$1 port t0
+  shift
+  port=$(free_port)
+  ADDR=127.0.0.1:$port
+  t0=$(python3 -c 'import time; print(time.time())')
+  "$BIN" serve --brokers "$KAFKA_BOOTSTRAP" --topic "$topic" --tokens "$OUT/tokens.toml" \
+    --listen "$ADDR" "$@" >"$OUT/serve.log" 2>&1 &
+  SERVER_PID=$!
+  READY_S=$(python3 - "$ADDR" "$t0" "$SERVER_PID" "$OUT/ready.json" <<'EOF'
+
+import http.client, os, sys, time
+addr, t0, pid, out = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+host, port = addr.split(":")
+conn = None
+while time.time() - t0 < 600:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit("serve exited")
+    try:
+        if conn is None:
+            conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        conn.request("GET", "/health/ready")
+        r = conn.getresponse()
+        body = r.read()
+        if r.status == 200:
+            took = time.time() - t0
+            open(out, "wb").write(body)
+            print(f"{took:.3f}")
+            sys.exit(0)
+    except (OSError, http.client.HTTPException):
+        if conn is not None:
+            conn.close()
+        conn = None
+    time.sleep(0.01)
+sys.exit("serve not ready after 600 s")
+EOF
+) || { tail -n 20 "$OUT/serve.log" >&2; die "serve not ready"; }
+}
+
+# Sum of the permit_stats_permits gauges of the running service.
+live_permits() {
+  curl -s "http://$ADDR/metrics" | awk '/^permit_stats_permits\{/ {s+=$NF} END {print s+0}'
+}
+
+section_history() {
+  local topic=load-history-$EVENTS-$HISTORY_PERMITS store=$OUT/checkpoints
+  local marker=$OUT/.produced-$topic-${KAFKA_BOOTSTRAP//[:.]/_}
+  if [[ ! -f $marker ]]; then
+    log "history: producing $EVENTS events, $HISTORY_PERMITS live permits at most, into $topic; this takes a while"
+    local t0=$SECONDS
+    produce "$topic" "$EVENTS" --permits "$HISTORY_PERMITS" --zones 20 --clients OC-TOMA,OC_TOMA,OC-UVIC
+    log "history: produced in $((SECONDS - t0)) s"
+    touch "$marker"
+  fi
+  tokens OC-TOMA >/dev/null
+  : >"$OUT/history.txt"
+  for round in $(seq "$REPLAY_ROUNDS"); do
+    # (a) no store: the whole topic is replayed.
+    local full full_live full_replay
+    serve_timed "$topic"
+    full=$READY_S
+    full_live=$(live_permits)
+    full_replay=$(json "$(cat "$OUT/ready.json")" '["replay_seconds"]')
+    stop_server
+    # (b) one checkpoint, into an empty store (its own full replay first, then the write).
+    rm -rf "$store" && mkdir -p "$store"
+    local wrote bytes permits write_ms
+    wrote=$("$BIN" checkpoint --brokers "$KAFKA_BOOTSTRAP" --topic "$topic" \
+      --checkpoint-store "$store" 2>"$OUT/checkpoint.log" | grep '^wrote ') \
+      || { tail -n 20 "$OUT/checkpoint.log" >&2; die "checkpoint wrote nothing"; }
+    log "history: $wrote"
+    read -r bytes permits write_ms < <(sed -E 's/.*\(([0-9]+) bytes, ([0-9]+) permits, ([0-9]+) ms\).*/\1 \2 \3/' <<<"$wrote")
+    # (c) from the checkpoint: restore, then only the (empty) tail.
+    local restored restored_live restore_ms
+    serve_timed "$topic" --checkpoint-store "$store"
+    restored=$READY_S
+    restored_live=$(live_permits)
+    grep -q 'restored the state from a checkpoint' "$OUT/serve.log" \
+      || { tail -n 20 "$OUT/serve.log" >&2; die "serve did not restore from $store"; }
+    restore_ms=$(grep 'restored the state from a checkpoint' "$OUT/serve.log" | sed -E 's/.*ms=([0-9]+).*/\1/')
+    [[ $restored_live == "$full_live" ]] \
+      || die "restored $restored_live live permits, the full replay $full_live"
+    stop_server
+    echo "round $full $full_replay $full_live $bytes $permits $write_ms $restored $restore_ms" \
+      | tee -a "$OUT/history.txt" >&2
+  done
+  col() { awk -v c="$1" '$1=="round" {print $c}' "$OUT/history.txt" | paste -sd ' ' -; }
+  med() { awk -v c="$1" '$1=="round" {print $c}' "$OUT/history.txt" | median; }
+  local full_s replay_s live bytes permits write_ms restored_s restore_ms
+  full_s=$(med 2) replay_s=$(med 3) live=$(med 4) bytes=$(med 5) permits=$(med 6)
+  write_ms=$(med 7) restored_s=$(med 8) restore_ms=$(med 9)
+
+  # (d) the ingest pause: checkpoints every second while events stream in.
+  local live_topic=load-history-live-$$ pause_store=$OUT/checkpoints-live
+  log "history: $LIVE_EVENTS events, $HISTORY_PERMITS live permits at most, into $live_topic"
+  produce "$live_topic" "$LIVE_EVENTS" --permits "$HISTORY_PERMITS" --zones 20 --clients OC-TOMA,OC_TOMA,OC-UVIC
+  rm -rf "$pause_store" && mkdir -p "$pause_store"
+  serve_timed "$live_topic" --checkpoint-store "$pause_store" --checkpoint-interval 1
+  local pause_live
+  pause_live=$(live_permits)
+  local stream_events=$((INGEST_RATE * (PAUSE_SAMPLES * 2 + 10)))
+  "$BIN" produce --brokers "$KAFKA_BOOTSTRAP" --topic "$live_topic" --events "$stream_events" \
+    --rate "$INGEST_RATE" --permits "$HISTORY_PERMITS" --zones 20 --clients OC-TOMA,OC_TOMA,OC-UVIC \
+    --seed 7 2>>"$OUT/produce.log" &
+  PRODUCER_PID=$!
+  sleep 3
+  : >"$OUT/pause.txt"
+  for _ in $(seq "$PAUSE_SAMPLES"); do
+    curl -s "http://$ADDR/metrics" | awk '
+      /^permit_stats_checkpoint_ingest_pause_seconds / {p=$NF}
+      /^permit_stats_checkpoint_duration_seconds / {d=$NF}
+      /^permit_stats_checkpoint_size_bytes / {b=$NF}
+      /^permit_stats_consumer_lag_records/ {l+=$NF}
+      END {printf "%.6f %.6f %d %d\n", p, d, b, l}' | tee -a "$OUT/pause.txt" >&2
+    sleep 2
+  done
+  local written
+  written=$(grep -c 'checkpoint written' "$OUT/serve.log" || true)
+  kill "$PRODUCER_PID" 2>/dev/null || true
+  wait "$PRODUCER_PID" 2>/dev/null || true
+  PRODUCER_PID=""
+  stop_server
+  local pause_ms pause_max_ms duration_ms lag_max
+  pause_ms=$(awk '{print $1 * 1000}' "$OUT/pause.txt" | median)
+  pause_max_ms=$(awk '{print $1 * 1000}' "$OUT/pause.txt" | sort -n | tail -n 1)
+  duration_ms=$(awk '{print $2 * 1000}' "$OUT/pause.txt" | median)
+  lag_max=$(awk '{print $4}' "$OUT/pause.txt" | sort -n | tail -n 1)
+
+  result "### History: restart to ready, $EVENTS records (4 partitions), $live live permits, real Kafka ($(uptime | sed 's/.*load average/load average/'))"
+  result ""
+  result "| start | to /health/ready, s (median of $REPLAY_ROUNDS) | rounds |"
+  result "|---|---|---|"
+  result "| \`serve\`, no store: full replay (baseline) | $full_s | $(col 2) |"
+  result "| \`serve --checkpoint-store\`: restore + empty tail | **$restored_s** | $(col 8) |"
+  result ""
+  result "Full replay / from a checkpoint: **$(python3 -c "print(f'{$full_s/$restored_s:.1f}x')")**; the" \
+    "full replay's own replay_seconds $replay_s; the restore's log ms= $restore_ms (rounds $(col 9)); goal < 1 s:" \
+    "$(python3 -c "print('met' if $restored_s < 1 else 'missed')"). Live permits equal after both: $live."
+  result ""
+  result "| checkpoint (\`permit-stats checkpoint\`) | median of $REPLAY_ROUNDS |"
+  result "|---|---|"
+  result "| size, bytes | $bytes ($(col 5)) |"
+  result "| permits in it (tombstones included) | $permits |"
+  result "| bytes per live permit | $(python3 -c "print(f'{$bytes/max($live,1):.1f}')") |"
+  result "| bytes per permit held | $(python3 -c "print(f'{$bytes/max($permits,1):.1f}')") |"
+  result "| encode + write, ms | $write_ms ($(col 7)) |"
+  result ""
+  result "Ingest pause while checkpoints are cut every second under $INGEST_RATE events/s ($pause_live live" \
+    "permits at start; $PAUSE_SAMPLES scrapes 2 s apart; $written checkpoints written):"
+  result ""
+  result "| gauge | median | max |"
+  result "|---|---|---|"
+  result "| permit_stats_checkpoint_ingest_pause_seconds, ms | $pause_ms | $pause_max_ms |"
+  result "| permit_stats_checkpoint_duration_seconds, ms | $duration_ms | $(awk '{print $2 * 1000}' "$OUT/pause.txt" | sort -n | tail -n 1) |"
+  result ""
+  result "Consumer lag at the scrapes: at most $lag_max records."
+  result ""
+}
+
 result "## Load benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores"
 result ""
 for section in "${sections[@]}"; do
   case $section in
-    http | replay | memory | freshness) "section_$section" ;;
-    *) die "unknown section $section (http, replay, memory, freshness)" ;;
+    http | replay | memory | freshness | history) "section_$section" ;;
+    *) die "unknown section $section (http, replay, memory, freshness, history)" ;;
   esac
 done
 log "results in $RESULTS"
