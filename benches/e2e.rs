@@ -10,7 +10,9 @@
 //! - `freshness BROKERS TOPIC ADDR TOKEN RATE SECONDS`: produce→visible latency. Writes one create
 //!   of a new permit of client `FRESH` at a steady rate, and polls the running service's stats
 //!   request for `FRESH` over one keep-alive connection; an event is visible when the answer's
-//!   total counts it. Latency = first answer that counts it - its send time.
+//!   total counts it. Latency = first answer that counts it - its send time. Beside it, at the
+//!   same time and on the same records, a bare consumer (ingest's settings, from the topic's
+//!   end) notes each record's arrival: `bare_p99_ms` is what Kafka itself takes.
 //!
 //! Under `cargo test` (no `--bench` argument) it does nothing, so the test suite stays fast.
 //!
@@ -237,6 +239,10 @@ fn freshness(
         .set("enable.idempotence", "true")
         .create()?;
     let mut client = Client::new(addr, token)?;
+    // The baseline at the same moment: a bare consumer of the same topic, with ingest's
+    // settings, noting when each record arrives.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bare = spawn_bare_receiver(brokers, topic, std::sync::Arc::clone(&stop))?;
     let run = uuid(Instant::now().elapsed().as_nanos() as u64 ^ std::process::id() as u64);
     let send = |producer: &BaseProducer, id: &str| -> Result<()> {
         let mut event = created("FRESH", id, 1, "Lot 01".into(), "temp");
@@ -286,20 +292,73 @@ fn freshness(
         }
     }
     producer.flush(Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let received = bare.join().map_err(|_| "the bare consumer panicked")??;
+    let prefix = format!("{}-", &run[..23]);
+    let mut bare_latencies: Vec<Duration> = received
+        .iter()
+        .filter_map(|(key, at)| {
+            let i: usize = key.strip_prefix(&prefix)?.parse().ok()?;
+            Some(at.checked_duration_since(*sent.get(i)?).unwrap_or_default())
+        })
+        .collect();
+    let bare_missing = n.saturating_sub(bare_latencies.len());
     let mut latencies: Vec<Duration> = visible.into_iter().flatten().collect();
     let missing = n - latencies.len();
     latencies.sort_unstable();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+    bare_latencies.sort_unstable();
+    let pct = |l: &[Duration], p: f64| {
+        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
             .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
     };
     println!(
-        r#"{{"events":{n},"rate":{rate},"p50_ms":{:.2},"p90_ms":{:.2},"p99_ms":{:.2},"max_ms":{:.2},"not_seen":{missing}}}"#,
-        pct(0.50),
-        pct(0.90),
-        pct(0.99),
-        pct(1.0)
+        r#"{{"events":{n},"rate":{rate},"p50_ms":{:.2},"p90_ms":{:.2},"p99_ms":{:.2},"max_ms":{:.2},"not_seen":{missing},"bare_p50_ms":{:.2},"bare_p99_ms":{:.2},"bare_max_ms":{:.2},"bare_not_seen":{bare_missing}}}"#,
+        pct(&latencies, 0.50),
+        pct(&latencies, 0.90),
+        pct(&latencies, 0.99),
+        pct(&latencies, 1.0),
+        pct(&bare_latencies, 0.50),
+        pct(&bare_latencies, 0.99),
+        pct(&bare_latencies, 1.0),
     );
     Ok(())
+}
+
+/// A bare consumer thread, ingest's settings, every partition of `topic` from its end: the
+/// key and arrival time of each record until `stop`.
+#[allow(clippy::type_complexity)]
+fn spawn_bare_receiver(
+    brokers: &str,
+    topic: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<std::thread::JoinHandle<std::result::Result<Vec<(String, Instant)>, String>>> {
+    let consumer: BaseConsumer =
+        ingest::consumer_config(&permit_stats::kafka::KafkaSettings::plain(brokers))
+            .set("client.id", "permit-stats-bare-fresh")
+            .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut assignment = TopicPartitionList::new();
+    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            assignment.add_partition_offset(topic, p.id(), Offset::End)?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    Ok(std::thread::spawn(move || {
+        let mut received = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match consumer.poll(Duration::from_millis(50)) {
+                Some(Ok(message)) => {
+                    let at = Instant::now();
+                    if let Some(key) = message.key() {
+                        received.push((String::from_utf8_lossy(key).into_owned(), at));
+                    }
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                None => {}
+            }
+        }
+        Ok(received)
+    }))
 }

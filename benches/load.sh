@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # benches/load.sh: the end-to-end load benchmark of BENCHMARKS.md, in one command.
 #
-#   benches/load.sh [http] [replay] [memory] [freshness] [history]
-#                                                (no argument: the first four; history on request)
+#   benches/load.sh [http] [replay] [memory] [freshness] [history] [read-fresh]
+#                                                (no argument: the first four; the last two on request)
 #
 # Each section measures the service against a baseline taken in the same run, on this machine:
 #   http       wrk drives the stats request (all rows, and the vendor's two-zone filter), the same
@@ -30,6 +30,8 @@
 #              live permits while `produce --rate INGEST_RATE` streams into it, the checkpoint
 #              gauges scraped PAUSE_SAMPLES times. Start times are polled every 10 ms on one
 #              keep-alive connection (python), from just before the process is started.
+#   read-fresh the same while wrk -c32 saturates the stats request, beside a bare consumer's
+#              produce->receive on the same records (not in the default list; READ_FRESH_NICE).
 #
 # A real Apache Kafka broker is started with scripts/kafka.sh unless KAFKA_BOOTSTRAP is set.
 # Knobs (environment): EVENTS=10000000 ROUNDS=3 REPLAY_ROUNDS=3 DURATION=10 CONNECTIONS=64 THREADS=1
@@ -648,12 +650,67 @@ section_history() {
   result ""
 }
 
+# renice_http N: sets the nice value of the service's HTTP worker threads (named http-*) to N.
+renice_http() {
+  local task
+  for task in /proc/"$SERVER_PID"/task/*; do
+    [[ $(cat "$task/comm" 2>/dev/null) == http-* ]] && renice -n "$1" -p "${task##*/}" >/dev/null
+  done
+  return 0
+}
+
+# Reads never make the answers stale: produce->visible p99 while wrk -c32 saturates the stats
+# request, beside a bare consumer's produce->receive p99 on the same records at the same moment
+# (both from e2e `freshness`); and the same without the read load. READ_FRESH_NICE (default "0")
+# lists nice values given to the HTTP worker threads (renice, same binary), alternated per round.
+section_read-fresh() {
+  local topic=load-readfresh-$$ tokens_out stats_token fresh_token nice line
+  produce "$topic" 200000 --permits 50000 --zones 20
+  tokens_out=$(tokens OC-TOMA FRESH)
+  stats_token=$(sed -n 1p <<<"$tokens_out")
+  fresh_token=$(sed -n 2p <<<"$tokens_out")
+  serve "$topic"
+  lua_post "$OUT/stats.lua" "$stats_token" ''
+  local stats_url="http://$ADDR/api/OC-TOMA/v1/permits/stats"
+  : >"$OUT/read-fresh.txt"
+  for round in $(seq "$ROUNDS"); do
+    for nice in quiet ${READ_FRESH_NICE:-0}; do
+      local wrk_pid="" reads=""
+      if [[ $nice != quiet ]]; then
+        renice_http "$nice"
+        wrk -t1 -c32 -d"$((FRESH_SECONDS + 20))s" -s "$OUT/stats.lua" "$stats_url" \
+          >"$OUT/wrk-read-fresh-$nice-$round.txt" 2>&1 &
+        wrk_pid=$!
+        sleep 2
+      fi
+      line=$(e2e freshness "$KAFKA_BOOTSTRAP" "$topic" "$ADDR" "$fresh_token" "$FRESH_RATE" "$FRESH_SECONDS")
+      if [[ -n $wrk_pid ]]; then
+        kill -INT "$wrk_pid" 2>/dev/null || true
+        wait "$wrk_pid" 2>/dev/null || true
+        reads=$(awk '/Requests\/sec/ {print int($2)}' "$OUT/wrk-read-fresh-$nice-$round.txt")
+      fi
+      echo "$nice ${reads:-0} $(json "$line" '["p50_ms"]') $(json "$line" '["p99_ms"]') $(json "$line" '["bare_p50_ms"]') $(json "$line" '["bare_p99_ms"]') $(json "$line" '["not_seen"]')" \
+        | tee -a "$OUT/read-fresh.txt" >&2
+    done
+  done
+  renice_http 0 2>/dev/null || true
+  result "### Reads and freshness: produce->visible under wrk -c32 on the stats request, $FRESH_RATE events/s for ${FRESH_SECONDS}s, beside a bare consumer ($(uptime | sed 's/.*load average/load average/'))"
+  result ""
+  result "| HTTP workers' nice | reads/s | visible p50 ms | visible p99 ms | bare consumer p50 ms | bare p99 ms | p99 / bare p99 | not seen |"
+  result "|---|---|---|---|---|---|---|---|"
+  while read -r nice reads p50 p99 bp50 bp99 missing; do
+    result "| $([[ $nice == quiet ]] && echo "no read load" || echo "$nice") | $reads | $p50 | $p99 | $bp50 | $bp99 | $(python3 -c "print(f'{$p99/max($bp99,0.01):.1f}x')") | $missing |"
+  done <"$OUT/read-fresh.txt"
+  result ""
+  stop_server
+}
+
 result "## Load benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores"
 result ""
 for section in "${sections[@]}"; do
   case $section in
-    http | replay | memory | freshness | history) "section_$section" ;;
-    *) die "unknown section $section (http, replay, memory, freshness, history)" ;;
+    http | replay | memory | freshness | history | read-fresh) "section_$section" ;;
+    *) die "unknown section $section (http, replay, memory, freshness, history, read-fresh)" ;;
   esac
 done
 log "results in $RESULTS"

@@ -6,7 +6,8 @@
 //! - `api/error.rs`: [`ApiError`], each failure with its OPS-COM code and HTTP status in one place.
 //! - `api/limits.rs`: [`Limits`] and [`RateLimit`], what slow, greedy and hostile clients meet.
 //! - `api/server.rs`: the hyper server ([`serve`], [`serve_tls`]): deadlines, connection cap,
-//!   graceful shutdown, over HTTP or HTTPS.
+//!   graceful shutdown, over HTTP or HTTPS; and the service's per-core [`Workers`], each with
+//!   its own runtime and `SO_REUSEPORT` listener ([`bind`]).
 //! - `api/tls.rs` ([`tls`]): HTTPS's certificate and key, and their reload on SIGHUP or change.
 //! - `api/reload.rs`: the one reload mechanism (SIGHUP and a poll of the files) of the token file
 //!   and the certificate.
@@ -39,7 +40,7 @@ use tower_http::cors::{AllowHeaders, Any, CorsLayer};
 
 pub use error::ApiError;
 pub use limits::{Limits, RateLimit};
-pub use server::{MAX_HEAD_BYTES, serve, serve_tls};
+pub use server::{MAX_HEAD_BYTES, Workers, bind, serve, serve_tls};
 pub use stats::{
     MAX_BODY, MAX_TOKEN_CHARS, MAX_ZONE_NAMES, MAX_ZONES_BYTES, X_STATS_AS_OF,
     X_STATS_HISTORY_MISSING, X_STATS_LAG, zone_filter,

@@ -22,7 +22,6 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -50,6 +49,9 @@ const STOP_WAIT: Duration = Duration::from_secs(3);
 /// How long the last checkpoint, cut at shutdown, may take to be written, beyond the grace
 /// period.
 const CHECKPOINT_WAIT: Duration = Duration::from_secs(20);
+
+/// Added to the HTTP worker threads' nice value; 0 leaves them at the process's priority.
+const HTTP_NICE: i32 = 0;
 
 /// The client code of the demo's permits and token.
 const DEMO_CLIENT: &str = "OC-TOMA";
@@ -155,10 +157,16 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None
     };
 
-    let listener = TcpListener::bind(args.listen)
-        .await
+    let http_workers = args
+        .http_workers
+        .unwrap_or_else(|| thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN));
+    let listeners = api::bind(args.listen, http_workers)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr().context("listener has no address")?;
+    let addr = listeners
+        .first()
+        .expect("bind makes at least one listener")
+        .local_addr()
+        .context("listener has no address")?;
     info!(%addr, topic = %args.topic, "listening");
     if let Some(token) = &demo_token {
         print_demo_curl(addr, token, if tls.is_some() { "https" } else { "http" });
@@ -206,16 +214,18 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let limits = limits(&args);
     let router = api::router_with(state, &limits);
-    let mut server = match tls {
-        Some((tls, _)) => tokio::spawn(api::serve_tls(
-            listener,
-            router,
-            limits,
-            tls,
-            cancel.clone(),
-        )),
-        None => tokio::spawn(api::serve(listener, router, limits, cancel.clone())),
-    };
+    // The HTTP workers: threads of their own, one runtime and accept queue each (api/server.rs).
+    let workers = api::Workers::spawn(
+        listeners,
+        router,
+        limits,
+        tls.map(|(tls, _)| tls),
+        HTTP_NICE,
+        cancel.clone(),
+    )
+    .context("cannot start the HTTP workers")?;
+    let abort_http = workers.abort_token();
+    let mut server = tokio::spawn(workers.join());
 
     // History: the newest usable checkpoint, then only the records after it. After the server
     // has started, so that liveness answers while a large checkpoint is read (the stats request
@@ -288,6 +298,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             grace_seconds = args.shutdown_grace,
             "in-flight requests did not finish in time"
         );
+        abort_http.cancel();
         server.abort();
     }
     let threads_deadline = deadline.max(tokio::time::Instant::now() + STOP_WAIT);

@@ -5,7 +5,14 @@
 //! the parsed flags into each part's own configuration (`api::Limits`, ingest's settings, the
 //! log format), and its tests check that these defaults are the parts' own.
 
-use std::{fmt, net::SocketAddr, num::NonZeroU32, path::PathBuf, str::FromStr, time::Duration};
+use std::{
+    fmt,
+    net::SocketAddr,
+    num::{NonZeroU32, NonZeroUsize},
+    path::PathBuf,
+    str::FromStr,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -129,6 +136,11 @@ pub struct ServeArgs {
           default_value_t = 1024,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
+
+    /// Threads that serve HTTP, each with its own listening socket on the port (SO_REUSEPORT)
+    /// and its own single-threaded runtime (default: the number of cores).
+    #[arg(long, env = "PERMIT_STATS_HTTP_WORKERS")]
+    pub http_workers: Option<NonZeroUsize>,
 
     /// Per-token rate limit of the stats request, e.g. `50/s`, `3000/min` (off when absent);
     /// excess requests get 429 with `Retry-After`.
