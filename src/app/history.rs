@@ -30,6 +30,8 @@ use crate::{
 pub(super) struct Start {
     pub(super) marks: Vec<PartitionMark>,
     pub(super) history_missing: u64,
+    /// The checkpoint restored, if any.
+    pub(super) name: Option<String>,
 }
 
 /// Opens `--checkpoint-store`, keeping `keep` checkpoints of `topic`.
@@ -96,6 +98,7 @@ pub(super) async fn restore(
     Start {
         marks: loaded.header.partitions,
         history_missing: loaded.header.history_missing_records,
+        name: Some(loaded.name),
     }
 }
 
@@ -149,21 +152,52 @@ async fn caught_up(status: &IngestStatus) -> anyhow::Result<()> {
     }
 }
 
+/// The Kafka settings of a command that needs a real cluster (no embedded broker).
+fn cluster(
+    command: &str,
+    brokers: Option<&str>,
+    args: &crate::config::KafkaArgs,
+) -> anyhow::Result<KafkaSettings> {
+    let kafka = kafka_settings(brokers, args)?;
+    if kafka.bootstrap().is_none() {
+        bail!("{command} needs a cluster: --brokers (or bootstrap.servers in the Kafka settings)");
+    }
+    Ok(kafka)
+}
+
+/// Runs ingest with `config` until it is caught up (see [`caught_up`]), then stops it.
+/// `on_failure` runs before the stop when it cannot catch up.
+async fn catch_up(
+    config: IngestConfig,
+    projection: &Arc<Projection>,
+    status: &Arc<IngestStatus>,
+    on_failure: impl FnOnce(),
+) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let ingest = ingest::spawn(
+        config,
+        Arc::clone(projection),
+        Arc::clone(status),
+        cancel.clone(),
+    )?;
+    let waited = caught_up(status).await;
+    if waited.is_err() {
+        on_failure();
+    }
+    cancel.cancel();
+    ingest
+        .await
+        .map_err(|_| anyhow!("the ingest thread panicked"))??;
+    waited
+}
+
 /// `permit-stats checkpoint`.
 pub(crate) async fn checkpoint(args: CheckpointArgs) -> anyhow::Result<()> {
-    let kafka = kafka_settings(args.brokers.as_deref(), &args.kafka)?;
-    if kafka.bootstrap().is_none() {
-        bail!("checkpoint needs a cluster: --brokers (or bootstrap.servers in the Kafka settings)");
-    }
+    let kafka = cluster("checkpoint", args.brokers.as_deref(), &args.kafka)?;
     let checkpoints = open(&args.checkpoint_store, &args.topic, args.checkpoint_keep)?;
     let projection = Arc::new(Projection::new());
     let status = Arc::new(IngestStatus::new());
     let start = restore(&checkpoints, &kafka, &args.topic, &projection, None).await;
-    let newest = checkpoints
-        .list()
-        .await
-        .ok()
-        .and_then(|names| names.into_iter().next());
     // Only the last cut, at the cancellation.
     let (sink, writer) = spawn_writer(checkpoints.clone(), Duration::MAX);
     let config = IngestConfig {
@@ -173,18 +207,8 @@ pub(crate) async fn checkpoint(args: CheckpointArgs) -> anyhow::Result<()> {
         checkpoints: Some(sink),
         ..IngestConfig::new(kafka, args.topic.clone())
     };
-    let cancel = CancellationToken::new();
-    let ingest = ingest::spawn(config, projection, Arc::clone(&status), cancel.clone())?;
-    let waited = caught_up(&status).await;
-    if waited.is_err() {
-        // No checkpoint of a state that is not exact: the writer goes before ingest's last cut.
-        writer.abort();
-    }
-    cancel.cancel();
-    ingest
-        .await
-        .map_err(|_| anyhow!("the ingest thread panicked"))??;
-    waited?;
+    // No checkpoint of a state that is not exact: the writer goes before ingest's last cut.
+    catch_up(config, &projection, &status, || writer.abort()).await?;
     match writer.await.ok().flatten() {
         Some(written) => println!(
             "wrote {} ({} bytes, {} permits, {} ms) to {}",
@@ -196,7 +220,7 @@ pub(crate) async fn checkpoint(args: CheckpointArgs) -> anyhow::Result<()> {
         ),
         None => println!(
             "nothing new since {}: no checkpoint written",
-            newest.as_deref().unwrap_or("the last checkpoint")
+            start.name.as_deref().unwrap_or("the last checkpoint")
         ),
     }
     Ok(())
@@ -204,10 +228,7 @@ pub(crate) async fn checkpoint(args: CheckpointArgs) -> anyhow::Result<()> {
 
 /// `permit-stats replay --until`.
 pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    let kafka = kafka_settings(args.brokers.as_deref(), &args.kafka)?;
-    if kafka.bootstrap().is_none() {
-        bail!("replay needs a cluster: --brokers (or bootstrap.servers in the Kafka settings)");
-    }
+    let kafka = cluster("replay", args.brokers.as_deref(), &args.kafka)?;
     let zones = api::zone_filter(args.zones.as_deref()).map_err(|e| anyhow!("--zones: {e}"))?;
     let until_ms = i64::try_from(args.until.unix_timestamp_nanos() / 1_000_000)
         .context("--until is out of range")?;
@@ -233,19 +254,7 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         until: Some(until),
         ..IngestConfig::new(kafka, args.topic.clone())
     };
-    let cancel = CancellationToken::new();
-    let ingest = ingest::spawn(
-        config,
-        Arc::clone(&projection),
-        Arc::clone(&status),
-        cancel.clone(),
-    )?;
-    let waited = caught_up(&status).await;
-    cancel.cancel();
-    ingest
-        .await
-        .map_err(|_| anyhow!("the ingest thread panicked"))??;
-    waited?;
+    catch_up(config, &projection, &status, || {}).await?;
 
     let out = match args.format {
         ReplayFormat::Json => projection.view(&args.client).map_or_else(

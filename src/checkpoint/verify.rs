@@ -12,16 +12,13 @@
 //! Blocking (librdkafka's metadata, watermark and fetch calls): run it off the async runtime.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::BTreeMap,
     time::{Duration, Instant},
 };
 
-use rdkafka::{
-    Message as _, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer as _},
-};
+use rdkafka::{Message as _, Offset, TopicPartitionList, consumer::Consumer as _};
 
-use crate::kafka::{KafkaSettings, PartitionMark};
+use crate::kafka::{KafkaSettings, PartitionMark, offsets};
 
 /// Timeout of one metadata or watermark request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,30 +32,12 @@ pub fn against_topic(
     topic: &str,
     partitions: &[PartitionMark],
 ) -> Result<(), String> {
-    let consumer: BaseConsumer = kafka
-        .client_config(&[("client.id", "permit-stats-checkpoint-check")])
-        .set("group.id", "permit-stats")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "error")
-        .create()
-        .map_err(|e| format!("no Kafka client: {}", kafka.redact(e)))?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-        .map_err(|e| format!("cannot read the topic's metadata: {e}"))?;
-    let present: HashSet<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if present.is_empty() {
-        return Err(format!("topic {topic} does not exist (yet)"));
-    }
+    let consumer = offsets::reader(kafka, "permit-stats-checkpoint-check")?;
+    let present = offsets::partitions(&consumer, topic)?;
     let mut to_read = BTreeMap::new();
     for mark in partitions {
         let partition = mark.partition;
-        if !present.contains(&partition) {
+        if present.binary_search(&partition).is_err() {
             return Err(format!(
                 "partition {partition} is gone: the topic was deleted and created again"
             ));

@@ -20,7 +20,10 @@ use serde_json::Value;
 use crate::support::{
     TempDir,
     client::{converge, get, http, metric, stats},
-    kafka::{bootstrap, create_topic, delete_records, delete_topic, produce, topic_and_tokens},
+    kafka::{
+        bootstrap, create_topic, delete_records, delete_topic, produce, topic_and_tokens,
+        watermarks,
+    },
     service::{BINARY, Service},
     workload::{CLIENTS, Workload},
 };
@@ -67,12 +70,38 @@ async fn run_until_exact(
     service.log_text()
 }
 
-fn run(args: &[&str]) -> Output {
+/// Deletes every record of `topic` so far, the way retention would.
+async fn delete_everything(bootstrap: &str, topic: &str) {
+    for partition in 0..PARTITIONS {
+        let (_, high) = watermarks(bootstrap, topic, partition);
+        delete_records(bootstrap, topic, partition, high).await;
+    }
+}
+
+/// `permit-stats <command> --brokers <bootstrap> --topic <topic> <extra...>`, to its exit.
+fn run(command: &str, bootstrap: &str, topic: &str, extra: &[&str]) -> Output {
     Command::new(BINARY)
-        .args(args)
+        .args([command, "--brokers", bootstrap, "--topic", topic])
+        .args(extra)
         .env("RUST_LOG", "info,librdkafka=warn")
         .output()
         .expect("run permit-stats")
+}
+
+/// `permit-stats checkpoint` into `store`, which must succeed; what it printed.
+fn checkpoint(bootstrap: &str, topic: &str, store: &str) -> String {
+    let out = run(
+        "checkpoint",
+        bootstrap,
+        topic,
+        &["--checkpoint-store", store],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test]
@@ -152,10 +181,7 @@ async fn a_checkpoint_keeps_the_history_that_retention_deleted() {
     assert_eq!(written.len(), 1, "one checkpoint, at shutdown: {written:?}");
 
     // Retention deletes everything the checkpoint covers; more events arrive after it.
-    for partition in 0..PARTITIONS {
-        let (_, high) = crate::support::kafka::watermarks(&bootstrap, &topic, partition);
-        delete_records(&bootstrap, &topic, partition, high).await;
-    }
+    delete_everything(&bootstrap, &topic).await;
     produce(&bootstrap, &topic, workload.records(500, 0.0)).await;
 
     let mut service = Service::start(
@@ -201,38 +227,11 @@ async fn a_restore_answers_like_a_full_replay() {
         written(&bootstrap, "history-same", 2_000, 300).await;
     let store = dir.0.join("checkpoints");
     let store_arg = store.to_str().expect("utf-8 path");
-    let out = run(&[
-        "checkpoint",
-        "--brokers",
-        &bootstrap,
-        "--topic",
-        &topic,
-        "--checkpoint-store",
-        store_arg,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let said = String::from_utf8_lossy(&out.stdout);
+    let said = checkpoint(&bootstrap, &topic, store_arg);
     assert!(said.starts_with(&format!("wrote {topic}/")), "{said}");
     // Nothing new: nothing written.
-    let again = run(&[
-        "checkpoint",
-        "--brokers",
-        &bootstrap,
-        "--topic",
-        &topic,
-        "--checkpoint-store",
-        store_arg,
-    ]);
-    assert!(again.status.success());
-    assert!(
-        String::from_utf8_lossy(&again.stdout).starts_with("nothing new since"),
-        "{}",
-        String::from_utf8_lossy(&again.stdout)
-    );
+    let again = checkpoint(&bootstrap, &topic, store_arg);
+    assert!(again.starts_with("nothing new since"), "{again}");
     produce(&bootstrap, &topic, workload.records(1_000, 0.0)).await;
 
     let http = http();
@@ -271,23 +270,7 @@ async fn damaged_foreign_and_recreated_topic_checkpoints_are_skipped() {
         written(&bootstrap, "history-trust", 1_000, 200).await;
     let store = dir.0.join("checkpoints");
     let store_arg = store.to_str().expect("utf-8 path");
-    let checkpoint = |topic: &str| {
-        let out = run(&[
-            "checkpoint",
-            "--brokers",
-            &bootstrap,
-            "--topic",
-            topic,
-            "--checkpoint-store",
-            store_arg,
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    checkpoint(&topic);
+    checkpoint(&bootstrap, &topic, store_arg);
     let good = checkpoints_in(&store, &topic).remove(0);
 
     // A newer-looking one that is corrupt, and one of another topic under this topic's name.
@@ -303,7 +286,7 @@ async fn damaged_foreign_and_recreated_topic_checkpoints_are_skipped() {
     let other = crate::support::unique("history-other");
     create_topic(&bootstrap, &other, 1).await;
     produce(&bootstrap, &other, Workload::new(7, 10).records(20, 0.0)).await;
-    checkpoint(&other);
+    checkpoint(&bootstrap, &other, store_arg);
     let foreign = checkpoints_in(&store, &other).remove(0);
     fs::copy(&foreign, name(u64::MAX / 8)).expect("copy");
 
@@ -376,19 +359,9 @@ async fn replay_until_prints_what_the_api_answered_then() {
     service.terminate();
 
     let replay = |extra: &[&str]| {
-        let mut args = vec![
-            "replay",
-            "--brokers",
-            &bootstrap,
-            "--topic",
-            &topic,
-            "--until",
-            &until,
-            "--client",
-            client,
-        ];
+        let mut args = vec!["--until", &until, "--client", client];
         args.extend_from_slice(extra);
-        let out = run(&args);
+        let out = run("replay", &bootstrap, &topic, &args);
         assert!(
             out.status.success(),
             "{}",
@@ -407,29 +380,20 @@ async fn replay_until_prints_what_the_api_answered_then() {
     // the same.
     let store = dir.0.join("checkpoints");
     let store_arg = store.to_str().expect("utf-8 path");
-    let out = run(&[
-        "checkpoint",
-        "--brokers",
-        &bootstrap,
-        "--topic",
-        &topic,
-        "--checkpoint-store",
-        store_arg,
-    ]);
-    assert!(out.status.success());
-    let out = run(&[
+    checkpoint(&bootstrap, &topic, store_arg);
+    let out = run(
         "replay",
-        "--brokers",
         &bootstrap,
-        "--topic",
         &topic,
-        "--until",
-        &until,
-        "--client",
-        client,
-        "--checkpoint-store",
-        store_arg,
-    ]);
+        &[
+            "--until",
+            &until,
+            "--client",
+            client,
+            "--checkpoint-store",
+            store_arg,
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -440,17 +404,12 @@ async fn replay_until_prints_what_the_api_answered_then() {
 
     // Over deleted history it refuses, naming what is lost.
     delete_records(&bootstrap, &topic, 1, 100).await;
-    let out = run(&[
+    let out = run(
         "replay",
-        "--brokers",
         &bootstrap,
-        "--topic",
         &topic,
-        "--until",
-        &until,
-        "--client",
-        client,
-    ]);
+        &["--until", &until, "--client", client],
+    );
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -538,10 +497,7 @@ async fn checkpoints_in_s3_restore_the_state() {
         service.log_tail()
     );
 
-    for partition in 0..PARTITIONS {
-        let (_, high) = crate::support::kafka::watermarks(&bootstrap, &topic, partition);
-        delete_records(&bootstrap, &topic, partition, high).await;
-    }
+    delete_everything(&bootstrap, &topic).await;
     produce(&bootstrap, &topic, workload.records(200, 0.0)).await;
     let mut service = start();
     converge(&mut service, &http(), &tokens, &workload, true).await;
