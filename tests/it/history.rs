@@ -107,9 +107,26 @@ fn checkpoint(bootstrap: &str, topic: &str, store: &str) -> String {
 #[tokio::test]
 async fn deleted_history_is_never_served_as_exact() {
     let Some(bootstrap) = bootstrap() else { return };
-    let (_workload, topic, _dir, tokens_path, tokens) =
+    let (_workload, topic, dir, tokens_path, tokens) =
         written(&bootstrap, "history-lost", 2_000, 300).await;
     delete_records(&bootstrap, &topic, 0, 400).await;
+
+    // No checkpoint of a state that is not exact: the command refuses, naming what is lost.
+    let store = dir.0.join("checkpoints");
+    let store_arg = store.to_str().expect("utf-8 path");
+    let out = run(
+        "checkpoint",
+        &bootstrap,
+        &topic,
+        &["--checkpoint-store", store_arg],
+    );
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("partition 0 offsets 0..400 (400 records)"),
+        "{said}"
+    );
+    assert!(checkpoints_in(&store, &topic).is_empty());
 
     let mut service = Service::start(&bootstrap, &topic, &tokens_path, &[]);
     service.wait_until("waiting_for names the lost records", |s| {
