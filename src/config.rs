@@ -189,9 +189,9 @@ pub struct ServeArgs {
     pub allow_missing_history: bool,
 }
 
-/// `permit-stats checkpoint`: catch up, write one checkpoint, exit.
+/// The cluster and topic of `checkpoint` and `replay` (no embedded broker for them).
 #[derive(Debug, Clone, Args)]
-pub struct CheckpointArgs {
+pub struct TopicArgs {
     /// Kafka bootstrap servers (or bootstrap.servers in --kafka-option or --kafka-config)
     #[arg(long, env = "PERMIT_STATS_BROKERS")]
     pub brokers: Option<String>,
@@ -203,6 +203,14 @@ pub struct CheckpointArgs {
     /// The topic of the permit events
     #[arg(long, env = "PERMIT_STATS_TOPIC", default_value = DEFAULT_TOPIC)]
     pub topic: String,
+}
+
+/// `permit-stats checkpoint`: catch up, write one checkpoint, exit.
+#[derive(Debug, Clone, Args)]
+pub struct CheckpointArgs {
+    /// The cluster and topic.
+    #[command(flatten)]
+    pub source: TopicArgs,
 
     /// Where checkpoints are written and read (as for serve)
     #[arg(long, env = "PERMIT_STATS_CHECKPOINT_STORE")]
@@ -223,17 +231,9 @@ pub struct CheckpointArgs {
 /// `permit-stats replay --until`: the stats as they stood at a time.
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
-    /// Kafka bootstrap servers (or bootstrap.servers in --kafka-option or --kafka-config)
-    #[arg(long, env = "PERMIT_STATS_BROKERS")]
-    pub brokers: Option<String>,
-
-    /// librdkafka client settings (SASL, TLS, tuning)
+    /// The cluster and topic.
     #[command(flatten)]
-    pub kafka: KafkaArgs,
-
-    /// The topic of the permit events
-    #[arg(long, env = "PERMIT_STATS_TOPIC", default_value = DEFAULT_TOPIC)]
-    pub topic: String,
+    pub source: TopicArgs,
 
     /// RFC 3339 time (e.g. 2026-11-30T17:00:00Z): the records written up to it are applied, and
     /// none after

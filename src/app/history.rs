@@ -18,7 +18,7 @@ use super::kafka_settings;
 use crate::{
     api,
     checkpoint::{self, Checkpoints, Store, Written},
-    config::{CheckpointArgs, ReplayArgs, ReplayFormat},
+    config::{CheckpointArgs, ReplayArgs, ReplayFormat, TopicArgs},
     ingest::{self, CheckpointSink, Cut, IngestConfig},
     kafka::{KafkaSettings, PartitionMark, offsets},
     projection::{Projection, Row},
@@ -153,12 +153,8 @@ async fn caught_up(status: &IngestStatus) -> anyhow::Result<()> {
 }
 
 /// The Kafka settings of a command that needs a real cluster (no embedded broker).
-fn cluster(
-    command: &str,
-    brokers: Option<&str>,
-    args: &crate::config::KafkaArgs,
-) -> anyhow::Result<KafkaSettings> {
-    let kafka = kafka_settings(brokers, args)?;
+fn cluster(command: &str, source: &TopicArgs) -> anyhow::Result<KafkaSettings> {
+    let kafka = kafka_settings(source.brokers.as_deref(), &source.kafka)?;
     if kafka.bootstrap().is_none() {
         bail!("{command} needs a cluster: --brokers (or bootstrap.servers in the Kafka settings)");
     }
@@ -193,11 +189,15 @@ async fn catch_up(
 
 /// `permit-stats checkpoint`.
 pub(crate) async fn checkpoint(args: CheckpointArgs) -> anyhow::Result<()> {
-    let kafka = cluster("checkpoint", args.brokers.as_deref(), &args.kafka)?;
-    let checkpoints = open(&args.checkpoint_store, &args.topic, args.checkpoint_keep)?;
+    let kafka = cluster("checkpoint", &args.source)?;
+    let checkpoints = open(
+        &args.checkpoint_store,
+        &args.source.topic,
+        args.checkpoint_keep,
+    )?;
     let projection = Arc::new(Projection::new());
     let status = Arc::new(IngestStatus::new());
-    let start = restore(&checkpoints, &kafka, &args.topic, &projection, None).await;
+    let start = restore(&checkpoints, &kafka, &args.source.topic, &projection, None).await;
     // Only the last cut, at the cancellation.
     let (sink, writer) = spawn_writer(checkpoints.clone(), Duration::MAX);
     let config = IngestConfig {
@@ -205,7 +205,7 @@ pub(crate) async fn checkpoint(args: CheckpointArgs) -> anyhow::Result<()> {
         history_missing_before: start.history_missing,
         allow_missing_history: args.allow_missing_history,
         checkpoints: Some(sink),
-        ..IngestConfig::new(kafka, args.topic.clone())
+        ..IngestConfig::new(kafka, args.source.topic.clone())
     };
     // No checkpoint of a state that is not exact: the writer goes before ingest's last cut.
     catch_up(config, &projection, &status, || writer.abort()).await?;
@@ -228,12 +228,12 @@ pub(crate) async fn checkpoint(args: CheckpointArgs) -> anyhow::Result<()> {
 
 /// `permit-stats replay --until`.
 pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    let kafka = cluster("replay", args.brokers.as_deref(), &args.kafka)?;
+    let kafka = cluster("replay", &args.source)?;
     let zones = api::zone_filter(args.zones.as_deref()).map_err(|e| anyhow!("--zones: {e}"))?;
     let until_ms = i64::try_from(args.until.unix_timestamp_nanos() / 1_000_000)
         .context("--until is out of range")?;
     let until = {
-        let (kafka, topic) = (kafka.clone(), args.topic.clone());
+        let (kafka, topic) = (kafka.clone(), args.source.topic.clone());
         tokio::task::spawn_blocking(move || offsets::first_after(&kafka, &topic, until_ms))
             .await?
             .map_err(|e| anyhow!(e))?
@@ -242,8 +242,19 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let status = Arc::new(IngestStatus::new());
     let start = match &args.checkpoint_store {
         Some(location) => {
-            let checkpoints = open(location, &args.topic, checkpoint::DEFAULT_KEEP as u64)?;
-            restore(&checkpoints, &kafka, &args.topic, &projection, Some(&until)).await
+            let checkpoints = open(
+                location,
+                &args.source.topic,
+                checkpoint::DEFAULT_KEEP as u64,
+            )?;
+            restore(
+                &checkpoints,
+                &kafka,
+                &args.source.topic,
+                &projection,
+                Some(&until),
+            )
+            .await
         }
         None => Start::default(),
     };
@@ -252,7 +263,7 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         history_missing_before: start.history_missing,
         allow_missing_history: args.allow_missing_history,
         until: Some(until),
-        ..IngestConfig::new(kafka, args.topic.clone())
+        ..IngestConfig::new(kafka, args.source.topic.clone())
     };
     catch_up(config, &projection, &status, || {}).await?;
 
