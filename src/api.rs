@@ -1,7 +1,9 @@
 //! The HTTP API: the OPS-COM "Permit Stats" request (spec/stats-api.md), health and metrics, and
 //! the server that carries them.
 //!
-//! - `api.rs`: the router ([`router`], [`router_with`]) and what the handlers share ([`AppState`]).
+//! - `api.rs`: the routes, the CORS policy, and what the handlers share ([`AppState`]).
+//! - `api/front.rs`: [`Api`], the hyper service of every connection: the stats request matched
+//!   by hand before the axum router, everything else by the router.
 //! - `api/stats.rs`: the stats request: body, field checks, token check, rate limit, zone filter.
 //! - `api/error.rs`: [`ApiError`], each failure with its OPS-COM code and HTTP status in one place.
 //! - `api/limits.rs`: [`Limits`] and [`RateLimit`], what slow, greedy and hostile clients meet.
@@ -19,6 +21,7 @@
 
 pub mod auth;
 mod error;
+mod front;
 mod health;
 mod limits;
 mod reload;
@@ -39,8 +42,9 @@ use axum::{
 use tower_http::cors::{AllowHeaders, Any, CorsLayer};
 
 pub use error::ApiError;
+pub use front::{Api, ApiBody, ApiFuture};
 pub use limits::{Limits, RateLimit};
-pub use server::{MAX_HEAD_BYTES, Workers, bind, serve, serve_tls};
+pub use server::{MAX_HEAD_BYTES, Workers, bind, http1, serve, serve_tls};
 pub use stats::{
     MAX_BODY, MAX_TOKEN_CHARS, MAX_ZONE_NAMES, MAX_ZONES_BYTES, X_STATS_AS_OF,
     X_STATS_HISTORY_MISSING, X_STATS_LAG, zone_filter,
@@ -81,15 +85,10 @@ mod paths {
     pub(super) const METRICS: &str = "/metrics";
 }
 
-/// The router of the whole API, with the default [`Limits`] (no rate limit).
-pub fn router(state: AppState) -> Router {
-    router_with(state, &Limits::default())
-}
-
-/// The router of the whole API, with the body read timeout and rate limit of `limits`.
-pub fn router_with(state: AppState, limits: &Limits) -> Router {
-    let stats_context = Arc::new(stats::StatsContext::new(state.clone(), limits));
-    let cors = CorsLayer::new()
+/// The CORS policy (spec/stats-api.md): any origin, the API's methods, and the freshness headers
+/// exposed to scripts.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::POST, Method::GET, Method::OPTIONS])
         .allow_headers(AllowHeaders::mirror_request())
@@ -99,7 +98,17 @@ pub fn router_with(state: AppState, limits: &Limits) -> Router {
             X_STATS_HISTORY_MISSING,
             header::RETRY_AFTER,
         ])
-        .max_age(Duration::from_secs(600));
+        .max_age(Duration::from_secs(600))
+}
+
+/// The router of the whole API, every route with the request metrics and `cors`; [`Api`] takes
+/// the stats request before it.
+fn router(
+    state: AppState,
+    stats_context: Arc<stats::StatsContext>,
+    metrics: Arc<track::HttpMetrics>,
+    cors: CorsLayer,
+) -> Router {
     Router::new()
         .route(
             paths::STATS,
@@ -118,10 +127,7 @@ pub fn router_with(state: AppState, limits: &Limits) -> Router {
             get(health::metrics_page).fallback(error::get_only),
         )
         .fallback(error::not_found)
-        .layer(middleware::from_fn_with_state(
-            Arc::new(track::HttpMetrics::default()),
-            track::track,
-        ))
+        .layer(middleware::from_fn_with_state(metrics, track::track))
         .layer(cors)
         .with_state(state)
 }

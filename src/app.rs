@@ -213,11 +213,11 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ));
     }
     let limits = limits(&args);
-    let router = api::router_with(state, &limits);
+    let api = api::Api::new(state, &limits);
     // The HTTP workers: threads of their own, one runtime and accept queue each (api/server.rs).
     let workers = api::Workers::spawn(
         listeners,
-        router,
+        api,
         limits,
         tls.map(|(tls, _)| tls),
         HTTP_NICE,

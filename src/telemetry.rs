@@ -41,6 +41,16 @@ pub use catalogue::{
 pub use kafka::record_kafka_statistics;
 pub use recorder::{InstallError, Metrics, install};
 
+/// The recorder of the library's unit tests, installed by whichever test asks first (one per
+/// process).
+#[cfg(test)]
+pub(crate) fn test_metrics() -> Metrics {
+    static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
+    METRICS
+        .get_or_init(|| install().expect("the only install in this test process"))
+        .clone()
+}
+
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {

@@ -1,6 +1,7 @@
 //! libFuzzer over the whole request path in process: the input is a raw HTTP/1.1 exchange fed
-//! through an in-memory pipe to hyper's parser and the real router, as `api::serve` sets them
-//! up. Whatever the input: no panic, no 5xx (the service is ready, so not even 503), and no
+//! through an in-memory pipe to hyper's parser and the real API (`api::Api`: the stats request
+//! matched before the router, the rest by it), with the connection settings `api::serve` uses
+//! (`api::http1`). Whatever the input: no panic, no 5xx (the service is ready, so not even 503), and no
 //! token in what comes back.
 //!
 //! `{{TOKEN}}` in an input stands for a valid token, so `tests/corpus/` seeds it usefully:
@@ -13,10 +14,10 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use hyper_util::{rt::TokioIo, service::TowerToHyperService};
+use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
 use permit_stats::{
-    api::{self, AppState, auth::Tokens},
+    api::{self, Api, AppState, Limits, auth::Tokens},
     events::{Change, PermitEvent},
     projection::Projection,
     status::IngestStatus,
@@ -28,7 +29,7 @@ const TOKEN: &str = "fuzz-token-OC-TOMA-0123456789";
 
 struct Harness {
     runtime: tokio::runtime::Runtime,
-    router: axum::Router,
+    api: Api,
 }
 
 fn harness() -> &'static Harness {
@@ -69,7 +70,7 @@ fn harness() -> &'static Harness {
                 .enable_all()
                 .build()
                 .expect("runtime"),
-            router: api::router(state),
+            api: Api::new(state, &Limits::default()),
         }
     })
 }
@@ -94,12 +95,8 @@ fuzz_target!(|data: &[u8]| {
     let input = replace(data, b"{{TOKEN}}", TOKEN.as_bytes());
     let received: Vec<u8> = harness.runtime.block_on(async {
         let (mut client, server) = tokio::io::duplex(1 << 20);
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.half_close(true).max_header_size(api::MAX_HEAD_BYTES);
-        let connection = http.serve_connection(
-            TokioIo::new(server),
-            TowerToHyperService::new(harness.router.clone()),
-        );
+        let connection =
+            api::http1(&Limits::default()).serve_connection(TokioIo::new(server), harness.api.clone());
         let exchange = async {
             let _ = client.write_all(&input).await;
             let _ = client.shutdown().await;

@@ -7,7 +7,7 @@
 //! tokio runtime and its own listening socket on the same port (`SO_REUSEPORT`, [`bind`]), as
 //! nginx's workers with `reuseport` do. The kernel spreads new connections over the sockets'
 //! accept queues; a connection then lives on one thread, so no task hops between cores and
-//! nothing is stolen or woken across them. What the workers share: the router's state (rate
+//! nothing is stolen or woken across them. What the workers share: the [`Api`]'s state (rate
 //! limiter, tokens, metrics), the cap on open connections (one semaphore) and the shutdown.
 //!
 //! HTTP ([`serve`]) and HTTPS ([`serve_tls`]) share one accept loop, generic over how a
@@ -21,12 +21,11 @@ use std::{
     future::Future, io, net::SocketAddr, num::NonZeroUsize, sync::Arc, thread, time::Duration,
 };
 
-use axum::Router;
 use futures_util::future::try_join_all;
+use hyper::server::conn::http1;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
-    service::TowerToHyperService,
 };
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
@@ -37,7 +36,7 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{Limits, tls::Tls};
+use super::{Api, Limits, tls::Tls};
 
 /// The largest request head (request line and headers) accepted; larger ones get hyper's 431.
 /// Browsers and HTTP clients send well under 8 KiB; hyper's own default is ~400 KiB.
@@ -114,7 +113,7 @@ impl Transport for TlsAcceptor {
     }
 }
 
-/// Serves `router` over HTTP on `listener` until `shutdown` fires; then stops accepting (new
+/// Serves `api` over HTTP on `listener` until `shutdown` fires; then stops accepting (new
 /// connections are refused once the listener is dropped) and waits for open connections to
 /// finish their in-flight request. The caller bounds that wait (`--shutdown-grace`).
 ///
@@ -122,13 +121,13 @@ impl Transport for TlsAcceptor {
 /// free, accepting pauses and the kernel's backlog holds newcomers.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    api: Api,
     limits: Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let slots = connection_slots(&limits);
     log_limits(Plain::SCHEME, &limits, 1);
-    serve_with(listener, router, limits, Plain, slots, shutdown).await
+    serve_with(listener, api, limits, Plain, slots, shutdown).await
 }
 
 /// [`serve`] over HTTPS: each connection starts with a TLS handshake that presents the pair
@@ -137,14 +136,14 @@ pub async fn serve(
 /// connection slot meanwhile.
 pub async fn serve_tls(
     listener: TcpListener,
-    router: Router,
+    api: Api,
     limits: Limits,
     tls: Tls,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let slots = connection_slots(&limits);
     log_limits(TlsAcceptor::SCHEME, &limits, 1);
-    serve_with(listener, router, limits, tls.acceptor(), slots, shutdown).await
+    serve_with(listener, api, limits, tls.acceptor(), slots, shutdown).await
 }
 
 /// The cap on open connections, one for all of a server's accept loops.
@@ -168,22 +167,14 @@ fn log_limits(scheme: &str, limits: &Limits, workers: usize) {
 
 async fn serve_with<T: Transport>(
     listener: TcpListener,
-    router: Router,
+    api: Api,
     limits: Limits,
     transport: T,
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        // Some clients (netcat, scripts) shut their sending side once the request is out and
-        // wait for the answer: without this hyper would hang up on them unanswered.
-        .half_close(true)
-        .max_header_size(MAX_HEAD_BYTES)
-        .keep_alive(true);
-    let http = Arc::new(http);
+    let http = Arc::new(http1(&limits));
     loop {
         let slot = tokio::select! {
             biased;
@@ -210,13 +201,11 @@ async fn serve_with<T: Transport>(
         // Taken here, before the shutdown can start: the drain then waits for this connection
         // too, handshake included.
         let watcher = graceful.watcher();
-        let (http, router, transport) = (Arc::clone(&http), router.clone(), transport.clone());
+        let (http, api, transport) = (Arc::clone(&http), api.clone(), transport.clone());
         let (within, shutdown) = (limits.header_read_timeout, shutdown.clone());
         tokio::spawn(async move {
             if let Some(io) = transport.open(stream, within, &shutdown).await {
-                let connection = watcher.watch(
-                    http.serve_connection(TokioIo::new(io), TowerToHyperService::new(router)),
-                );
+                let connection = watcher.watch(http.serve_connection(TokioIo::new(io), api));
                 if let Err(e) = connection.await {
                     // Timeouts, resets and unparsable requests end here: the client's doing.
                     debug!("connection closed: {e}");
@@ -228,6 +217,20 @@ async fn serve_with<T: Transport>(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// The HTTP/1 settings every connection is served with: the head's deadline (which also ends
+/// idle keep-alive connections) and size limit, keep-alive, half-closed clients.
+pub fn http1(limits: &Limits) -> http1::Builder {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // Some clients (netcat, scripts) shut their sending side once the request is out and
+        // wait for the answer: without this hyper would hang up on them unanswered.
+        .half_close(true)
+        .max_header_size(MAX_HEAD_BYTES)
+        .keep_alive(true);
+    http
 }
 
 /// A failed accept: a client that gave up is nothing; anything else (out of file descriptors)
@@ -293,7 +296,7 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts one worker thread per listener (from [`bind`]), serving `router` over HTTP, or
+    /// Starts one worker thread per listener (from [`bind`]), serving `api` over HTTP, or
     /// over HTTPS with `tls`, under `limits`: the connection cap counts the connections of all
     /// workers together. `shutdown` stops them as it stops [`serve`]: accepting ends, open
     /// connections finish their in-flight request.
@@ -303,7 +306,7 @@ impl Workers {
     /// cores first when both want them.
     pub fn spawn(
         listeners: Vec<std::net::TcpListener>,
-        router: Router,
+        api: Api,
         limits: Limits,
         tls: Option<Tls>,
         nice: i32,
@@ -321,7 +324,7 @@ impl Workers {
         for (i, listener) in listeners.into_iter().enumerate() {
             let (tx, rx) = oneshot::channel();
             let worker = Worker {
-                router: router.clone(),
+                api: api.for_worker(),
                 limits: limits.clone(),
                 tls: tls.clone(),
                 slots: Arc::clone(&slots),
@@ -362,7 +365,7 @@ impl Workers {
 
 /// What one worker thread serves with.
 struct Worker {
-    router: Router,
+    api: Api,
     limits: Limits,
     tls: Option<Tls>,
     slots: Arc<Semaphore>,
@@ -378,7 +381,7 @@ impl Worker {
             .enable_all()
             .build()?;
         let Self {
-            router,
+            api,
             limits,
             tls,
             slots,
@@ -390,9 +393,9 @@ impl Worker {
             let serving = async move {
                 match tls {
                     Some(tls) => {
-                        serve_with(listener, router, limits, tls.acceptor(), slots, shutdown).await
+                        serve_with(listener, api, limits, tls.acceptor(), slots, shutdown).await
                     }
-                    None => serve_with(listener, router, limits, Plain, slots, shutdown).await,
+                    None => serve_with(listener, api, limits, Plain, slots, shutdown).await,
                 }
             };
             tokio::select! {

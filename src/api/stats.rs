@@ -15,13 +15,13 @@ use std::{
 };
 
 use axum::{
-    body::{Body, Bytes, HttpBody as _},
+    body::{Body, Bytes, HttpBody},
     extract::{Path, Request, State},
     http::{HeaderName, HeaderValue, header},
-    response::Response,
+    response::{IntoResponse as _, Response},
 };
 use governor::{RateLimiter, clock::Clock as _};
-use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use serde::Deserialize;
 use tracing::debug;
 
@@ -78,19 +78,36 @@ impl StatsContext {
     }
 }
 
-/// `POST /api/{client}/v1/permits/stats`.
+/// `POST /api/{client}/v1/permits/stats` as the router's route (api/front.rs takes it before
+/// the router; this is the same answer).
 pub(super) async fn stats(
     State(context): State<Arc<StatsContext>>,
     client: Result<Path<String>, axum::extract::rejection::PathRejection>,
     request: Request,
-) -> Result<Response, ApiError> {
-    let Ok(Path(client)) = client else {
-        return Err(ApiError::MissingClient);
-    };
+) -> Response {
+    let client = client.as_ref().ok().map(|Path(client)| client.as_str());
+    match answer(&context, client, request.into_body()).await {
+        Ok(response) => response.map(Body::new),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The stats request's answer: `client` is the path's client code, percent-decoded (`None` when
+/// it is not UTF-8), `body` the request's body, read here within its deadline and size.
+pub(super) async fn answer<B>(
+    context: &StatsContext,
+    client: Option<&str>,
+    body: B,
+) -> Result<Response<Full<Bytes>>, ApiError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    let client = client.unwrap_or_default();
     if client.trim().is_empty() {
         return Err(ApiError::MissingClient);
     }
-    let body = read_body(request.into_body(), context.body_read_timeout).await?;
+    let body = read_body(body, context.body_read_timeout).await?;
     // serde would also read a JSON array as the struct's fields in order: only objects pass.
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(ApiError::InvalidBody);
@@ -113,7 +130,7 @@ pub(super) async fn stats(
     let state = &context.app;
     // One snapshot of the token set for the whole request: a reload swaps the set whole.
     let tokens = state.tokens.load();
-    let Some(grant) = tokens.authorize(token, &client) else {
+    let Some(grant) = tokens.authorize(token, client) else {
         debug!(client = %client, "refused a stats request: token not valid for this client");
         return Err(ApiError::Forbidden);
     };
@@ -131,14 +148,14 @@ pub(super) async fn stats(
     }
     debug!(client = %client, token = %grant.name, "stats request");
 
-    let view = state.projection.view(&client);
+    let view = state.projection.view(client);
     let body = view.as_ref().map_or_else(
         || Bytes::from_static(br#"{"data":[]}"#),
         |view| view.body(zones.as_deref()),
     );
-    let mut response = Response::new(Body::from(body));
+    let mut response = Response::new(Full::new(body));
     let headers = response.headers_mut();
-    // Room for ours and the CORS layer's, so the map is sized once rather than grown twice.
+    // Room for ours and the CORS headers, so the map is sized once rather than grown twice.
     headers.reserve(8);
     headers.insert(
         header::CONTENT_TYPE,
@@ -170,7 +187,11 @@ pub(super) async fn stats(
 /// A declared `Content-Length` over the limit is refused before a byte of the body is read; a
 /// chunked body is cut off as soon as it passes the limit. The common small body has arrived
 /// with the head already, so the first poll finishes it and no timer is armed.
-async fn read_body(body: Body, timeout: Duration) -> Result<Bytes, ApiError> {
+async fn read_body<B>(body: B, timeout: Duration) -> Result<Bytes, ApiError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
     if body.size_hint().lower() > MAX_BODY as u64 {
         return Err(ApiError::BodyTooLarge);
     }

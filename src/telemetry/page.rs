@@ -41,25 +41,15 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::OnceLock;
-
     use super::*;
     use crate::{
         events::{Change, PermitEvent},
         telemetry::{
             InstallError,
             catalogue::{FAMILIES, FamilyKind},
-            install,
+            install, test_metrics as metrics,
         },
     };
-
-    /// The recorder of this test process, installed by whichever test asks first.
-    fn metrics() -> Metrics {
-        static METRICS: OnceLock<Metrics> = OnceLock::new();
-        METRICS
-            .get_or_init(|| install().expect("the only install in this test process"))
-            .clone()
-    }
 
     #[test]
     fn permit_gauges_escape_labels_and_fall_to_zero() {

@@ -1,8 +1,9 @@
 //! Fuzzing the request path, as property tests that run in `cargo test`:
 //!
 //! - `any_request_gets_a_documented_answer`: generated requests (method, path and client segment,
-//!   headers, content types, bodies from well-formed to garbage) through the real router in
-//!   process (`tower::ServiceExt::oneshot`): no panic, no 5xx but the documented 503, every answer
+//!   headers, content types, bodies from well-formed to garbage) through the real API in
+//!   process (`tower::ServiceExt::oneshot` into [`Api`], its hand-matched stats path and its
+//!   router): no panic, no 5xx but the documented 503, every answer
 //!   a documented status with the documented error shape and code, no token ever echoed, and a
 //!   200 only for a token of the path's client, with only that client's rows.
 //! - `mangled_bytes_on_the_wire_never_get_a_5xx`: a valid request's bytes, mutated, sent over a
@@ -15,12 +16,11 @@
 use std::{collections::HashSet, time::Duration};
 
 use axum::{
-    Router,
     body::Body,
     http::{HeaderName, HeaderValue, Method, Request},
 };
 use http_body_util::BodyExt as _;
-use permit_stats::api::{self, ApiError, Limits};
+use permit_stats::api::{Api, ApiError, Limits};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
@@ -271,7 +271,7 @@ fn generated() -> impl Strategy<Value = Generated> {
 // ---- the oracle -------------------------------------------------------------------------
 
 struct Routers {
-    routers: [Router; 3],
+    routers: [Api; 3],
     /// Every (client, zone, type) row the fixture holds, per client.
     rows: Vec<(String, String, String)>,
 }
@@ -296,9 +296,9 @@ fn routers() -> Routers {
     };
     Routers {
         routers: [
-            api::router(ready.state),
-            api::router(server::fixture(false).state),
-            api::router_with(server::fixture(true).state, &limited),
+            Api::new(ready.state, &Limits::default()),
+            Api::new(server::fixture(false).state, &Limits::default()),
+            Api::new(server::fixture(true).state, &limited),
         ],
         rows,
     }
@@ -484,7 +484,7 @@ fn any_request_gets_a_documented_answer() {
         let Some(built) = build(&request) else { return Ok(()); };
         let router = routers.routers[request.router].clone();
         let (status, headers, body) = runtime.block_on(async move {
-            let response = router.oneshot(built).await.expect("the router is infallible");
+            let response = router.oneshot(built).await.expect("the API is infallible");
             let status = response.status().as_u16();
             let headers = response.headers().clone();
             let body = response.into_body().collect().await.expect("a body").to_bytes();

@@ -408,3 +408,41 @@ async fn a_shutdown_finishes_the_request_in_flight_and_refuses_new_connections()
         .expect("server task")
         .expect("server ran cleanly");
 }
+
+/// The head deadline runs from each answer, not from the connection's start: a keep-alive client
+/// that keeps asking is served for as long as it likes, and one that falls silent after an
+/// answer is let go one deadline later.
+#[tokio::test]
+async fn a_keep_alive_client_is_served_while_it_asks_and_let_go_once_it_falls_silent() {
+    let fixture = server::fixture(true);
+    let server = server::serve(
+        fixture.state,
+        limits(Duration::from_secs(1), Duration::from_secs(30)),
+    )
+    .await;
+    let mut client = connect(server.addr).await;
+    let request = raw_stats_request(&stats_body(TOKEN));
+    // Eight requests 400 ms apart: 3.2 s on one connection, three deadlines' worth.
+    let started = Instant::now();
+    for i in 0..8 {
+        client.write_all(request.as_bytes()).await.expect("send");
+        let answer = read_answer(&mut client, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("request {i} answered on the same connection"));
+        assert_eq!(answer.status, 200, "request {i}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(started.elapsed() > Duration::from_secs(3));
+
+    let silent = Instant::now();
+    assert!(
+        server::closed_within(&mut client, Duration::from_secs(6), &mut Vec::new()).await,
+        "a silent keep-alive connection is closed"
+    );
+    let after = silent.elapsed();
+    // The last answer came 400 ms before the silence was timed.
+    assert!(
+        after >= Duration::from_millis(500) && after < Duration::from_secs(3),
+        "closed {after:?} into the silence, expected about 0.6 s"
+    );
+}

@@ -5,9 +5,9 @@
 //!
 //! - `http_api`: the HTTP contract of spec/stats-api.md over real HTTP, in-process.
 //! - `http_limits`: slow, oversized, too many and too frequent clients, and a graceful shutdown.
-//! - `fuzz_http`: generated requests through the router, and mangled bytes on the wire.
+//! - `fuzz_http`: generated requests through the API in process, and mangled bytes on the wire.
 //! - `corpus`: the raw requests of `tests/corpus/`, each with its expected answer.
-//! - `openapi`: `docs/openapi.json` against the real router.
+//! - `openapi`: `docs/openapi.json` against the real API.
 //! - `browser`: the vendor's `XMLHttpRequest` example in headless Chromium (skips without it).
 //! - `projection_model`: the projection against the reference model, property-tested.
 //! - `token_reload`: token files reloaded by the running binary, and no token ever logged.

@@ -1,23 +1,22 @@
-//! `docs/openapi.json` against the real router and server, so that the two cannot drift apart:
+//! `docs/openapi.json` against the real API and server, so that the two cannot drift apart:
 //!
 //! - every error the API can produce ([`ApiError::ALL`]) is produced here by a real request, and
 //!   the document has it (ErrorCode, status, exact message, required headers such as
 //!   `Retry-After` and `Allow`), and lists no code the API cannot produce;
 //! - every documented operation, sent its documented examples, answers a documented status with
 //!   a body that fits the documented schema and the documented required headers;
-//! - every route the router answers is in the document: probing plausible paths with every
+//! - every route the API answers is in the document: probing plausible paths with every
 //!   method finds only documented ones (anything else is the documented 404/405).
 
 use std::{collections::BTreeSet, time::Duration};
 
 use axum::{
-    Router,
     body::Body,
     http::{Method, Request},
     response::IntoResponse as _,
 };
 use http_body_util::BodyExt as _;
-use permit_stats::api::{self, ApiError, Limits};
+use permit_stats::api::{Api, ApiError, Limits};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt as _;
 use tower::ServiceExt as _;
@@ -204,12 +203,12 @@ fn conforms(
     Ok(())
 }
 
-async fn call(router: &Router, request: Request<Body>) -> (u16, axum::http::HeaderMap, Vec<u8>) {
-    let response = router
+async fn call(api: &Api, request: Request<Body>) -> (u16, axum::http::HeaderMap, Vec<u8>) {
+    let response = api
         .clone()
         .oneshot(request)
         .await
-        .expect("the router is infallible");
+        .expect("the API is infallible");
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = response
@@ -439,8 +438,8 @@ async fn every_error_the_api_can_produce_is_documented_exactly() {
 #[tokio::test]
 async fn every_documented_operation_answers_as_documented() {
     let doc = document();
-    let ready = api::router(server::fixture(true).state);
-    let not_ready = api::router(server::fixture(false).state);
+    let ready = Api::new(server::fixture(true).state, &Limits::default());
+    let not_ready = Api::new(server::fixture(false).state, &Limits::default());
     let mut seen_statuses = BTreeSet::new();
     for (template, method, operation) in operations(&doc) {
         let path = template.replace("{client}", "OC-TOMA");
@@ -512,7 +511,7 @@ async fn every_documented_operation_answers_as_documented() {
 #[tokio::test]
 async fn every_route_the_router_answers_is_documented() {
     let doc = document();
-    let router = api::router(server::fixture(true).state);
+    let router = Api::new(server::fixture(true).state, &Limits::default());
     let mut probes: Vec<String> = doc["paths"]
         .as_object()
         .expect("paths")

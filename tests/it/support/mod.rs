@@ -1,6 +1,6 @@
 //! What the integration tests share, one home per fixture:
 //!
-//! - [`server`]: the in-process HTTP fixture (the real router and server on a loopback port, in
+//! - [`server`]: the in-process HTTP fixture (the real API and server on a loopback port, in
 //!   front of a projection filled directly), raw-socket helpers, and the one metrics recorder.
 //! - [`model`]: the reference model of the five rules.
 //! - [`workload`]: the seeded event generator of the Kafka tests.

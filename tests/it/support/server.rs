@@ -1,4 +1,4 @@
-//! The fixture the HTTP tests share: the real router and the real server ([`api::serve`], with
+//! The fixture the HTTP tests share: the real API ([`api::Api`]) and the real server ([`api::serve`], with
 //! its limits; [`api::serve_tls`] for HTTPS) on a loopback port, in front of a projection filled directly, so that no broker
 //! is needed and what the tests claim is the HTTP behaviour. Also the raw-socket side of it:
 //! reading an answer off a connection, and the bytes of a stats request.
@@ -50,7 +50,7 @@ pub fn created(client: &str, id: &str, zone: &str, permit_type: &str, at_ms: i64
 
 /// The state the tests serve: a few permits of two clients and the four tokens.
 pub struct Fixture {
-    /// What the router serves.
+    /// What the API serves.
     pub state: AppState,
     /// Readiness, to flip.
     pub status: Arc<IngestStatus>,
@@ -186,8 +186,8 @@ pub async fn serve(state: AppState, limits: Limits) -> Server {
         .expect("bind port 0");
     let addr = listener.local_addr().expect("bound address");
     let stop = CancellationToken::new();
-    let router = api::router_with(state, &limits);
-    let task = tokio::spawn(api::serve(listener, router, limits, stop.clone()));
+    let api = api::Api::new(state, &limits);
+    let task = tokio::spawn(api::serve(listener, api, limits, stop.clone()));
     Server {
         addr,
         scheme: "http",
@@ -203,8 +203,8 @@ pub async fn serve_tls(state: AppState, limits: Limits, tls: Tls) -> Server {
         .expect("bind port 0");
     let addr = listener.local_addr().expect("bound address");
     let stop = CancellationToken::new();
-    let router = api::router_with(state, &limits);
-    let task = tokio::spawn(api::serve_tls(listener, router, limits, tls, stop.clone()));
+    let api = api::Api::new(state, &limits);
+    let task = tokio::spawn(api::serve_tls(listener, api, limits, tls, stop.clone()));
     Server {
         addr,
         scheme: "https",
