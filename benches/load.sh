@@ -31,7 +31,8 @@
 #              gauges scraped PAUSE_SAMPLES times. Start times are polled every 10 ms on one
 #              keep-alive connection (python), from just before the process is started.
 #   read-fresh the same while wrk -c32 saturates the stats request, beside a bare consumer's
-#              produce->receive on the same records (not in the default list; READ_FRESH_NICE).
+#              produce->receive on the same records (not in the default list; READ_FRESH_NICE,
+#              READ_FRESH_WRITES).
 #
 # A real Apache Kafka broker is started with scripts/kafka.sh unless KAFKA_BOOTSTRAP is set.
 # Knobs (environment): EVENTS=10000000 ROUNDS=3 REPLAY_ROUNDS=3 DURATION=10 CONNECTIONS=64 THREADS=1
@@ -382,9 +383,20 @@ section_http() {
       oha --no-tui -z "${DURATION}s" -c "$CONNECTIONS" -q "$rate" --latency-correction \
         -m POST -H 'Content-Type: application/json' -d "{\"apiToken\":\"$token\"}" \
         --output-format json "$stats_url" >"$OUT/oha-stats-$rate.json" 2>>"$OUT/oha.err" || true
-      python3 - "$OUT/oha-live-$rate.json" "$OUT/oha-stats-$rate.json" "$rate" <<'EOF' | tee -a "$RESULTS"
+      # nginx at the same rate: what the load generator and the machine add to any server's tail.
+      echo '{}' >"$OUT/oha-nginx-$rate.json"
+      if [[ -n $nginx_url ]]; then
+        oha --no-tui -z "${DURATION}s" -c "$CONNECTIONS" -q "$rate" --latency-correction \
+          -m POST -H 'Content-Type: application/json' -d "{\"apiToken\":\"$token\"}" \
+          --output-format json "$nginx_url" >"$OUT/oha-nginx-$rate.json" 2>>"$OUT/oha.err" || true
+      fi
+      python3 - "$OUT/oha-live-$rate.json" "$OUT/oha-stats-$rate.json" "$OUT/oha-nginx-$rate.json" "$rate" <<'EOF' | tee -a "$RESULTS"
 import json, sys
-for path, label in ((sys.argv[1], "GET /health/live (baseline)"), (sys.argv[2], "stats, all rows")):
+rate = sys.argv[4]
+for path, label in ((sys.argv[1], "GET /health/live"), (sys.argv[2], "stats, all rows"),
+                    (sys.argv[3], "nginx, same POST (baseline)")):
+    if label.startswith("nginx") and open(path).read().strip() == "{}":
+        continue
     try:
         d = json.load(open(path))
     except Exception as e:
@@ -392,7 +404,7 @@ for path, label in ((sys.argv[1], "GET /health/live (baseline)"), (sys.argv[2], 
     p = d["latencyPercentiles"]
     s = d["summary"]
     codes = d.get("statusCodeDistribution", {})
-    print(f"| {label} at {sys.argv[3]}/s | {s['requestsPerSec']:.0f} | {p['p50']*1e3:.3f} | "
+    print(f"| {label} at {rate}/s | {s['requestsPerSec']:.0f} | {p['p50']*1e3:.3f} | "
           f"{p['p99']*1e3:.3f} | {p['p99.9']*1e3:.3f} | {codes} |")
 EOF
     done
@@ -662,7 +674,8 @@ renice_http() {
 # Reads never make the answers stale: produce->visible p99 while wrk -c32 saturates the stats
 # request, beside a bare consumer's produce->receive p99 on the same records at the same moment
 # (both from e2e `freshness`); and the same without the read load. READ_FRESH_NICE (default "0")
-# lists nice values given to the HTTP worker threads (renice, same binary), alternated per round.
+# lists nice values given to the HTTP worker threads (renice, same binary), alternated per round;
+# READ_FRESH_WRITES=N adds N events/s of other clients' writes to the topic throughout.
 section_read-fresh() {
   local topic=load-readfresh-$$ tokens_out stats_token fresh_token nice line
   produce "$topic" 200000 --permits 50000 --zones 20
@@ -672,6 +685,16 @@ section_read-fresh() {
   serve "$topic"
   lua_post "$OUT/stats.lua" "$stats_token" ''
   local stats_url="http://$ADDR/api/OC-TOMA/v1/permits/stats"
+  local writes=${READ_FRESH_WRITES:-0} also=""
+  if ((writes > 0)); then
+    # Other clients' writes into the same topic for every round: ingest busy, as in production.
+    "$BIN" produce --brokers "$KAFKA_BOOTSTRAP" --topic "$topic" --rate "$writes" \
+      --events $((writes * ROUNDS * 2 * (FRESH_SECONDS + 25))) --permits 50000 --zones 20 \
+      --seed 9 2>>"$OUT/produce.log" &
+    PRODUCER_PID=$!
+    also=", with $writes events/s of other writes"
+    sleep 2
+  fi
   : >"$OUT/read-fresh.txt"
   for round in $(seq "$ROUNDS"); do
     for nice in quiet ${READ_FRESH_NICE:-0}; do
@@ -694,7 +717,12 @@ section_read-fresh() {
     done
   done
   renice_http 0 2>/dev/null || true
-  result "### Reads and freshness: produce->visible under wrk -c32 on the stats request, $FRESH_RATE events/s for ${FRESH_SECONDS}s, beside a bare consumer ($(uptime | sed 's/.*load average/load average/'))"
+  if [[ -n ${PRODUCER_PID:-} ]]; then
+    kill "$PRODUCER_PID" 2>/dev/null || true
+    wait "$PRODUCER_PID" 2>/dev/null || true
+    PRODUCER_PID=""
+  fi
+  result "### Reads and freshness: produce->visible under wrk -c32 on the stats request, $FRESH_RATE events/s for ${FRESH_SECONDS}s$also, beside a bare consumer ($(uptime | sed 's/.*load average/load average/'))"
   result ""
   result "| HTTP workers' nice | reads/s | visible p50 ms | visible p99 ms | bare consumer p50 ms | bare p99 ms | p99 / bare p99 | not seen |"
   result "|---|---|---|---|---|---|---|---|"
