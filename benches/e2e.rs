@@ -5,6 +5,11 @@
 //! - `bare BROKERS TOPIC`: the raw limit of the consumer: a bare rdkafka `BaseConsumer` on a
 //!   thread, configured like ingest's (same prefetch), assigned every partition from the
 //!   beginning, polling and only counting records up to the high watermarks noted at start.
+//! - `hyper ADDR BODY_FILE`: the floor of the HTTP front, the issue's "40-line hyper server": hyper
+//!   1.x with its default settings, one `current_thread` runtime per core on `SO_REUSEPORT`
+//!   listeners (the service's [`permit_stats::api::bind`]), reading each request's body and
+//!   answering it with the bytes of `BODY_FILE` as `application/json`; no timeouts, limits,
+//!   routing, token or metrics. Prints `{"listening":ADDR}` and serves until killed.
 //! - `memory N`: resident memory per live permit, in process: RSS before and after applying N
 //!   creates of distinct UUID permits (in ingest's batches of 4,096) to an empty projection.
 //! - `freshness BROKERS TOPIC ADDR TOKEN RATE SECONDS`: produce→visible latency. Writes one create
@@ -55,6 +60,7 @@ fn main() -> Result<()> {
     let arg = |i: usize| args.get(i).map(String::as_str).ok_or("missing argument");
     match arg(0)? {
         "bare" => bare(arg(1)?, arg(2)?),
+        "hyper" => bare_hyper(arg(1)?.parse()?, arg(2)?),
         "memory" => memory(arg(1)?.parse()?),
         "freshness" => freshness(
             arg(1)?,
@@ -66,6 +72,52 @@ fn main() -> Result<()> {
         ),
         other => Err(format!("unknown subcommand {other}").into()),
     }
+}
+
+fn bare_hyper(addr: std::net::SocketAddr, body_file: &str) -> Result<()> {
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
+
+    let body = bytes::Bytes::from(std::fs::read(body_file)?);
+    let cores = std::thread::available_parallelism()?;
+    let listeners = permit_stats::api::bind(addr, cores)?;
+    println!(r#"{{"listening":"{}"}}"#, listeners[0].local_addr()?);
+    let workers: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            let body = body.clone();
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    loop {
+                        let (tcp, _) = listener.accept().await?;
+                        tcp.set_nodelay(true)?;
+                        let body = body.clone();
+                        let answer = service_fn(move |request: Request<Incoming>| {
+                            let body = body.clone();
+                            async move {
+                                request.into_body().collect().await?;
+                                Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(body))
+                                    .map_err(std::io::Error::other)
+                                    .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+                            }
+                        });
+                        let io = hyper_util::rt::TokioIo::new(tcp);
+                        tokio::spawn(http1::Builder::new().serve_connection(io, answer));
+                    }
+                })
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().map_err(|_| "a worker panicked")??;
+    }
+    Ok(())
 }
 
 fn bare(brokers: &str, topic: &str) -> Result<()> {

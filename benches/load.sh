@@ -8,8 +8,11 @@
 #   http       wrk drives the stats request (all rows, and the vendor's two-zone filter), the same
 #              server's GET /health/live, and nginx answering the same POST with the exact bytes the
 #              service just answered (Debian's nginx-light, its own config in target/load/nginx:
-#              worker_processes 2, access_log off, `return 200 '<body>'`), alternating, ROUNDS times;
-#              the headline is stats/nginx. Then again while `produce` streams events into the topic
+#              worker_processes 2, access_log off, `return 200 '<body>'`) and bare hyper answering
+#              the same bytes (benches/e2e.rs `hyper`: the floor of any hyper server), alternating,
+#              ROUNDS times; the headline is stats/nginx, and each row has the server's CPU time
+#              per request (user + system, all its threads, from /proc), the measure that holds
+#              when the machine's steal time moves requests/s between rounds. Then again while `produce` streams events into the topic
 #              the server consumes (ingest running); then, when `oha` is on the PATH, the stats
 #              request and /health/live at fixed rates (half and a third of the measured stats rate)
 #              for p99. Without nginx (apt-get install nginx-light) the nginx rows are skipped.
@@ -99,15 +102,23 @@ GATE_FAILED=0
 
 log "building (release)"
 cargo build --release --bin permit-stats >&2
-cargo bench --bench e2e --no-run >&2
+E2E_BIN=$(cargo bench --bench e2e --no-run --message-format=json \
+  | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("target", {}).get("name") == "e2e" and m.get("executable"):
+        print(m["executable"])')
+[[ -x $E2E_BIN ]] || die "cannot find the e2e bench binary"
 e2e() { cargo bench -q --bench e2e -- "$@" 2>/dev/null | grep '^{'; }
 
 SERVER_PID=""
 NGINX_PID=""
+HYPER_PID=""
 OWN_KAFKA=0
 cleanup() {
   [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
   [[ -n $NGINX_PID ]] && kill "$NGINX_PID" 2>/dev/null && wait "$NGINX_PID" 2>/dev/null
+  [[ -n $HYPER_PID ]] && kill "$HYPER_PID" 2>/dev/null && wait "$HYPER_PID" 2>/dev/null
   [[ -n ${PRODUCER_PID:-} ]] && kill "$PRODUCER_PID" 2>/dev/null
   if [[ $OWN_KAFKA == 1 ]]; then scripts/kafka.sh stop "$KAFKA_RUN_DIR" >&2 || true; fi
 }
@@ -161,15 +172,30 @@ produce() { # TOPIC EVENTS [extra produce flags...]
     --events "$events" "$@" 2>>"$OUT/produce.log" >&2
 }
 
-# wrk_run NAME URL [LUA]: one wrk run; prints "rps p50_ms p99_ms".
+# cpu_ticks PID...: the CPU time (user + system, clock ticks) of every thread of the processes.
+cpu_ticks() {
+  local pid
+  for pid in "$@"; do cat "/proc/$pid/task/"*/stat 2>/dev/null || true; done \
+    | awk '{ sub(/^.*\) /, ""); t += $12 + $13 } END { print t + 0 }'
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+# wrk_run NAME URL LUA PIDS: one wrk run against the server made of the processes PIDS (a
+# space-separated list); prints "rps p50_ms p99_ms cpu_us_per_request".
 wrk_run() {
-  local name=$1 url=$2 script=${3:-}
+  local name=$1 url=$2 script=$3 pids=$4 before after
   local args=(-t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency)
   [[ -n $script ]] && args+=(-s "$script")
+  # shellcheck disable=SC2086 # a list of PIDs
+  before=$(cpu_ticks $pids)
   wrk "${args[@]}" "$url" >"$OUT/wrk-$name.txt" 2>&1
-  python3 - "$OUT/wrk-$name.txt" <<'EOF'
+  # shellcheck disable=SC2086
+  after=$(cpu_ticks $pids)
+  python3 - "$OUT/wrk-$name.txt" "$((after - before))" "$CLK_TCK" <<'EOF'
 import re, sys
 text = open(sys.argv[1]).read()
+requests = int(re.search(r"(\d+) requests in", text).group(1))
+cpu_us = int(sys.argv[2]) / int(sys.argv[3]) * 1e6 / max(requests, 1)
 def ms(v):
     n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
     return float(n) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
@@ -179,7 +205,7 @@ p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
 non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 if non2xx:
     sys.exit(f"{sys.argv[1]}: {non2xx.group(1)} non-2xx answers")
-print(f"{rps:.0f} {p50:.3f} {p99:.3f}")
+print(f"{rps:.0f} {p50:.3f} {p99:.3f} {cpu_us:.1f}")
 EOF
 }
 
@@ -255,7 +281,38 @@ stop_nginx() {
   NGINX_PID=""
 }
 
+# start_hyper BODY_FILE URL_PATH: bare hyper (e2e `hyper`) on a free port, answering every
+# request with the bytes of BODY_FILE; sets HYPER_PID and HYPER_URL; checks those bytes.
+start_hyper() {
+  local body=$1 path=$2 port tries=0
+  port=$(free_port)
+  "$E2E_BIN" --bench hyper "127.0.0.1:$port" "$body" >"$OUT/hyper.out" 2>&1 &
+  HYPER_PID=$!
+  HYPER_URL="http://127.0.0.1:$port$path"
+  until curl -sf -X POST -d '{}' "$HYPER_URL" >"$OUT/hyper-body.json" 2>/dev/null; do
+    kill -0 "$HYPER_PID" 2>/dev/null || { cat "$OUT/hyper.out" >&2; die "bare hyper exited"; }
+    ((++tries < 100)) || die "bare hyper not answering on port $port"
+    sleep 0.1
+  done
+  cmp -s "$body" "$OUT/hyper-body.json" || die "bare hyper does not answer $body's bytes"
+}
+
+stop_hyper() {
+  [[ -n $HYPER_PID ]] || return 0
+  kill "$HYPER_PID" 2>/dev/null || true
+  wait "$HYPER_PID" 2>/dev/null || true
+  HYPER_PID=""
+}
+
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# round_ratio COLUMN A B: the median over the rounds of $OUT/http.txt of A's COLUMN / B's (the
+# two ran back to back in each round).
+round_ratio() {
+  paste <(awk -v t="$2" -v c="$1" '$1==t {print $c}' "$OUT/http.txt") \
+    <(awk -v t="$3" -v c="$1" '$1==t {print $c}' "$OUT/http.txt") \
+    | awk '$2 > 0 {printf "%.3f\n", $1 / $2}' | median
+}
 
 section_http() {
   local topic=load-http-$$ token
@@ -270,7 +327,8 @@ section_http() {
   curl -sf -X POST -H 'Content-Type: application/json' -H 'Accept: application/json' \
     -d "{\"apiToken\":\"$token\"}" "$stats_url" >"$OUT/stats-body.json"
   log "http: stats body $(wc -c <"$OUT/stats-body.json") bytes; ${ROUNDS} rounds of ${DURATION}s"
-  local targets=(live stats stats2) nginx_url=""
+  local targets=(live stats stats2 hyper) nginx_url="" nginx_pids=""
+  start_hyper "$OUT/stats-body.json" /api/OC-TOMA/v1/permits/stats
   if [[ $HAVE_NGINX == 1 ]]; then
     start_nginx "$OUT/stats-body.json" /api/OC-TOMA/v1/permits/stats
     nginx_url=$NGINX_URL
@@ -280,15 +338,18 @@ section_http() {
       || die "nginx does not answer the service's bytes (see $OUT/nginx-body.json)"
     log "http: $("$NGINX" -v 2>&1) on $nginx_url answers the same $(wc -c <"$OUT/nginx-body.json") bytes"
     targets+=(nginx)
+    # The master and its workers (these answer).
+    nginx_pids="$NGINX_PID $(pgrep -P "$NGINX_PID" | paste -sd ' ')"
   fi
   : >"$OUT/http.txt"
   for round in $(seq "$ROUNDS"); do
     for target in "${targets[@]}"; do
       case $target in
-        live) line=$(wrk_run "live-$round" "$live_url") ;;
-        stats) line=$(wrk_run "stats-$round" "$stats_url" "$OUT/stats.lua") ;;
-        stats2) line=$(wrk_run "stats2-$round" "$stats_url" "$OUT/stats2.lua") ;;
-        nginx) line=$(wrk_run "nginx-$round" "$nginx_url" "$OUT/stats.lua") ;;
+        live) line=$(wrk_run "live-$round" "$live_url" "" "$SERVER_PID") ;;
+        stats) line=$(wrk_run "stats-$round" "$stats_url" "$OUT/stats.lua" "$SERVER_PID") ;;
+        stats2) line=$(wrk_run "stats2-$round" "$stats_url" "$OUT/stats2.lua" "$SERVER_PID") ;;
+        hyper) line=$(wrk_run "hyper-$round" "$HYPER_URL" "$OUT/stats.lua" "$HYPER_PID") ;;
+        nginx) line=$(wrk_run "nginx-$round" "$nginx_url" "$OUT/stats.lua" "$nginx_pids") ;;
       esac
       echo "$target $line" | tee -a "$OUT/http.txt" >&2
     done
@@ -301,10 +362,11 @@ section_http() {
   sleep 2
   for target in "${targets[@]}"; do
     case $target in
-      live) line=$(wrk_run "ingest-live" "$live_url") ;;
-      stats) line=$(wrk_run "ingest-stats" "$stats_url" "$OUT/stats.lua") ;;
-      stats2) line=$(wrk_run "ingest-stats2" "$stats_url" "$OUT/stats2.lua") ;;
-      nginx) line=$(wrk_run "ingest-nginx" "$nginx_url" "$OUT/stats.lua") ;;
+      live) line=$(wrk_run "ingest-live" "$live_url" "" "$SERVER_PID") ;;
+      stats) line=$(wrk_run "ingest-stats" "$stats_url" "$OUT/stats.lua" "$SERVER_PID") ;;
+      stats2) line=$(wrk_run "ingest-stats2" "$stats_url" "$OUT/stats2.lua" "$SERVER_PID") ;;
+      hyper) line=$(wrk_run "ingest-hyper" "$HYPER_URL" "$OUT/stats.lua" "$HYPER_PID") ;;
+      nginx) line=$(wrk_run "ingest-nginx" "$nginx_url" "$OUT/stats.lua" "$nginx_pids") ;;
     esac
     echo "ingest-$target $line" | tee -a "$OUT/http.txt" >&2
   done
@@ -318,27 +380,29 @@ section_http() {
   result ""
   local nginx_col="" nginx_sep=""
   if [[ $HAVE_NGINX == 1 ]]; then nginx_col=" vs nginx |" nginx_sep="---|"; fi
-  result "| request | requests/s |$nginx_col vs /health/live | p50 ms | p99 ms |"
-  result "|---|---|$nginx_sep---|---|---|"
+  result "| request | requests/s |$nginx_col vs /health/live | p50 ms | p99 ms | server CPU µs/request |"
+  result "|---|---|$nginx_sep---|---|---|---|"
   for prefix in "" "ingest-"; do
     local live_rps nginx_rps=""
     live_rps=$(awk -v t="${prefix}live" '$1==t {print $2}' "$OUT/http.txt" | median)
     [[ $HAVE_NGINX == 1 ]] && nginx_rps=$(awk -v t="${prefix}nginx" '$1==t {print $2}' "$OUT/http.txt" | median)
     for target in "${targets[@]}"; do
-      local rps p50 p99 label
+      local rps p50 p99 cpu label
       rps=$(awk -v t="$prefix$target" '$1==t {print $2}' "$OUT/http.txt" | median)
       p50=$(awk -v t="$prefix$target" '$1==t {print $3}' "$OUT/http.txt" | median)
       p99=$(awk -v t="$prefix$target" '$1==t {print $4}' "$OUT/http.txt" | median)
+      cpu=$(awk -v t="$prefix$target" '$1==t {print $5}' "$OUT/http.txt" | median)
       case $target in
         live) label="GET /health/live (baseline)" ;;
         stats) label="stats, all $(python3 -c "import json; print(len(json.load(open('$OUT/stats-body.json'))['data']))") rows" ;;
         stats2) label="stats, zones \"Lot 01,Lot 02\"" ;;
+        hyper) label="bare hyper, same POST, the all-rows bytes (floor)" ;;
         nginx) label="nginx $("$NGINX" -v 2>&1 | sed 's|.*nginx/||'), same POST, the all-rows bytes inline (baseline)" ;;
       esac
       [[ -n $prefix ]] && label="$label, ingest at $INGEST_RATE/s"
       local vs_nginx=""
       [[ -n $nginx_rps ]] && vs_nginx=" $(python3 -c "print(f'{$rps/$nginx_rps:.2f}x')") |"
-      result "| $label | $rps |$vs_nginx $(python3 -c "print(f'{$rps/$live_rps:.2f}x')") | $p50 | $p99 |"
+      result "| $label | $rps |$vs_nginx $(python3 -c "print(f'{$rps/$live_rps:.2f}x')") | $p50 | $p99 | $cpu |"
     done
   done
   result ""
@@ -354,7 +418,11 @@ section_http() {
     median_ratio=$(median <<<"$ratios")
     result ""
     result "Stats request / nginx serving its bytes: **$(printf '%.2f' "$median_ratio")x** (median of the" \
-      "per-round ratios $(paste -sd ' ' - <<<"$ratios"))."
+      "per-round ratios $(paste -sd ' ' - <<<"$ratios")); bare hyper / nginx:" \
+      "$(printf '%.2f' "$(round_ratio 2 hyper nginx)")x. Server CPU per request, same medians:" \
+      "stats / nginx $(printf '%.2f' "$(round_ratio 5 stats nginx)")x, stats / bare hyper" \
+      "$(printf '%.2f' "$(round_ratio 5 stats hyper)")x, bare hyper / nginx" \
+      "$(printf '%.2f' "$(round_ratio 5 hyper nginx)")x."
     if [[ -n $MIN_NGINX_RATIO ]]; then
       if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) < float(sys.argv[2]) else 1)' \
         "$median_ratio" "$MIN_NGINX_RATIO"; then
@@ -411,6 +479,7 @@ EOF
   fi
   result ""
   stop_nginx
+  stop_hyper
   stop_server
 }
 
