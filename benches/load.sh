@@ -12,10 +12,11 @@
 #              the same bytes (benches/e2e.rs `hyper`: the floor of any hyper server), alternating,
 #              ROUNDS times; the headline is stats/nginx, and each row has the server's CPU time
 #              per request (user + system, all its threads, from /proc), the measure that holds
-#              when the machine's steal time moves requests/s between rounds. Then again while `produce` streams events into the topic
-#              the server consumes (ingest running); then, when `oha` is on the PATH, the stats
-#              request and /health/live at fixed rates (half and a third of the measured stats rate)
-#              for p99. Without nginx (apt-get install nginx-light) the nginx rows are skipped.
+#              when the machine's steal time moves requests/s between rounds. Then again while
+#              `produce` streams events into the topic the server consumes (ingest running); then,
+#              when `oha` is on the PATH, the stats request and /health/live at fixed rates (half
+#              and a third of the measured stats rate) for p99. Without nginx (apt-get install
+#              nginx-light) the nginx rows are skipped.
 #   replay     EVENTS records (default 10M) in a 4-partition topic; alternately replayed by a bare
 #              rdkafka BaseConsumer that only counts them (benches/e2e.rs `bare`) and by
 #              `permit-stats serve` (until /health/ready); records/s of both, and the ratio. With
