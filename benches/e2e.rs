@@ -103,7 +103,6 @@ fn bare_hyper(addr: std::net::SocketAddr, body_file: &str) -> Result<()> {
                                 Response::builder()
                                     .header("content-type", "application/json")
                                     .body(Full::new(body))
-                                    .map_err(std::io::Error::other)
                                     .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
                             }
                         });
