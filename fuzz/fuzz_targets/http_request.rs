@@ -1,8 +1,8 @@
 //! libFuzzer over the whole request path in process: the input is a raw HTTP/1.1 exchange fed
 //! through an in-memory pipe to hyper's parser and the real API (`api::Api`: the stats request
 //! matched before the router, the rest by it), with the connection settings `api::serve` uses
-//! (`api::http1`). Whatever the input: no panic, no 5xx (the service is ready, so not even 503), and no
-//! token in what comes back.
+//! (`api::http1`). Whatever the input: no panic, no 5xx (the service is ready, so not even 503),
+//! and no token in what comes back.
 //!
 //! `{{TOKEN}}` in an input stands for a valid token, so `tests/corpus/` seeds it usefully:
 //! `cargo +nightly fuzz run http_request fuzz/corpus/http_request tests/corpus`.
@@ -95,8 +95,8 @@ fuzz_target!(|data: &[u8]| {
     let input = replace(data, b"{{TOKEN}}", TOKEN.as_bytes());
     let received: Vec<u8> = harness.runtime.block_on(async {
         let (mut client, server) = tokio::io::duplex(1 << 20);
-        let connection =
-            api::http1(&Limits::default()).serve_connection(TokioIo::new(server), harness.api.clone());
+        let connection = api::http1(&Limits::default())
+            .serve_connection(TokioIo::new(server), harness.api.clone());
         let exchange = async {
             let _ = client.write_all(&input).await;
             let _ = client.shutdown().await;
